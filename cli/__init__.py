@@ -1,0 +1,1 @@
+"""The ``onnx-fuse`` command line: a thin click layer over :func:`fuser.optimize`."""

@@ -1,0 +1,1 @@
+"""Graph passes: one per module (pattern drawn in the docstring, guards, rewrite)."""
