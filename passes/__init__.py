@@ -1,1 +1,18 @@
-"""Graph passes: one per module (pattern drawn in the docstring, guards, rewrite)."""
+"""Graph passes, one per module, in the order they run (DESIGN §4).
+
+Each module has ``NAME`` and ``run(ctx) -> int`` (the number of rewrites) and a docstring that draws
+the subgraph it matches, its guards and its rewrite.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from . import conv_activation, fold_affine, fold_bn, leaky_relu, standalone_bn
+
+# normalize is the pipeline's first step (fuser.normalize) and cleanup its last; both listed for --skip.
+PASS_ORDER: tuple[ModuleType, ...] = (fold_bn, fold_affine, conv_activation, standalone_bn, leaky_relu)
+
+
+def pass_names() -> list[str]:
+    return ["normalize", *[p.NAME for p in PASS_ORDER]]

@@ -1,0 +1,76 @@
+"""Small helpers over onnx-graphsurgeon graphs that every pass uses.
+
+Kept deliberately few: who consumes a tensor, is it a constant (and its value), may a replaced
+intermediate disappear, and deterministic unique names.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+
+def consumers(t: gs.Tensor) -> list[gs.Node]:
+    return list(t.outputs)
+
+
+def producer(t: gs.Tensor) -> gs.Node | None:
+    return t.inputs[0] if len(t.inputs) == 1 else None
+
+
+def const_value(t: gs.Tensor | None) -> np.ndarray | None:
+    """The value of a constant tensor (initializer), else None. Graph inputs are never constants."""
+    if isinstance(t, gs.Constant):
+        return np.asarray(t.values)
+    return None
+
+
+def is_const(t: gs.Tensor | None) -> bool:
+    return isinstance(t, gs.Constant)
+
+
+def single_use_intermediate(graph: gs.Graph, t: gs.Tensor) -> bool:
+    """``t`` may be swallowed by a fusion: exactly one consumer and not a graph output."""
+    return len(t.outputs) == 1 and t not in graph.outputs and not isinstance(t, gs.Constant)
+
+
+def only_consumed_by(graph: gs.Graph, t: gs.Tensor, nodes: list[gs.Node]) -> bool:
+    return t not in graph.outputs and all(any(c is n for n in nodes) for c in t.outputs)
+
+
+def input_at(node: gs.Node, i: int) -> gs.Tensor | None:
+    """The i-th input, or None where it is absent or given as the empty name."""
+    if i >= len(node.inputs):
+        return None
+    t = node.inputs[i]
+    return None if (t is None or (isinstance(t, gs.Variable) and t.name == "")) else t
+
+
+def channel_vector(value: np.ndarray, channels: int, rank: int) -> np.ndarray | None:
+    """If ``value`` broadcast against an [N, C, ...] tensor of ``rank`` dims gives one number per
+    channel (or one number in all), return it as a length-``channels`` float64 vector; else None."""
+    v = np.asarray(value, dtype=np.float64)
+    if v.ndim > rank:
+        return None
+    shape = (1,) * (rank - v.ndim) + v.shape
+    if any(d != 1 for i, d in enumerate(shape) if i != 1) or shape[1] not in (1, channels):
+        return None
+    return np.broadcast_to(v.reshape(-1), (channels,)).copy() if v.size == 1 else v.reshape(-1).copy()
+
+
+class NameScope:
+    """Deterministic unique names within one graph."""
+
+    def __init__(self, graph: gs.Graph) -> None:
+        self.taken: set[str] = set(graph.tensors().keys()) | {n.name for n in graph.nodes}
+
+    def fresh(self, base: str) -> str:
+        name, k = base, 1
+        while name in self.taken:
+            name = f"{base}_{k}"
+            k += 1
+        self.taken.add(name)
+        return name
+
+    def constant(self, base: str, values: np.ndarray) -> gs.Constant:
+        return gs.Constant(self.fresh(base), np.ascontiguousarray(values))

@@ -1,0 +1,126 @@
+"""Model I/O: careful loading (external data, validation) and atomic saving.
+
+Loading never modifies the file; saving writes a temporary file beside the target and renames it into
+place, so a failure (or an interruption) leaves either the old file or nothing — never half a model.
+Models whose serialized size would exceed protobuf's 2 GiB limit are written with external data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+
+from .errors import InputError
+
+_TWO_GIB = 2**31 - 1
+# The IR versions the installed onnxruntime can load (1.17..1.31 accept up to 10..13); we never raise it.
+MIN_OPSET = 7
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Load and validate ``path`` (with external data). Raises InputError with one clear line."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such file")
+    if p.is_dir():
+        raise InputError(f"{p}: is a directory, expected an .onnx file")
+    if p.stat().st_size == 0:
+        raise InputError(f"{p}: empty file")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception as e:  # protobuf DecodeError and friends
+        raise InputError(f"{p}: not a valid ONNX model ({_short(e)})") from None
+    if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
+        raise InputError(f"{p}: not an ONNX model (no graph)")
+    if model.ir_version <= 0:
+        raise InputError(f"{p}: not an ONNX model (no ir_version)")
+    _load_external_data(model, p.parent.resolve(), p)
+    return model
+
+
+def _load_external_data(model: onnx.ModelProto, base: Path, p: Path) -> None:
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    tensors = [t for t in _get_all_tensors(model) if uses_external_data(t)]
+    for t in tensors:
+        loc = next((e.value for e in t.external_data if e.key == "location"), "")
+        target = (base / loc).resolve()
+        if not str(target).startswith(str(base) + os.sep):
+            raise InputError(f"{p}: external data location {loc!r} escapes the model's folder")
+        if not target.is_file():
+            raise InputError(f"{p}: external data file {loc!r} is missing")
+    if tensors:
+        try:
+            onnx.load_external_data_for_model(model, str(base))
+        except Exception as e:
+            raise InputError(f"{p}: cannot read external data ({_short(e)})") from None
+
+
+def save_model_atomic(model: onnx.ModelProto, out: str | os.PathLike) -> None:
+    """Write ``model`` to ``out`` atomically; external data (``<out>.data``) when over 2 GiB."""
+    out = Path(out)
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"{out}: output folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"{out}: output folder {parent} is not writable")
+    big = model.ByteSize() > _TWO_GIB if _fits_bytesize(model) else True
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent)
+    os.close(fd)
+    data_name = out.name + ".data"
+    tmp_data = None
+    try:
+        if big:
+            tmp_data = tmp + ".data"
+            onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=os.path.basename(tmp_data), size_threshold=1024)
+            # the model refers to its data by name: point it at the final name before the renames
+            m2 = onnx.load(tmp, load_external_data=False)
+            from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+            for t in _get_all_tensors(m2):
+                if uses_external_data(t):
+                    for e in t.external_data:
+                        if e.key == "location":
+                            e.value = data_name
+            with open(tmp, "wb") as f:
+                f.write(m2.SerializeToString())
+            os.replace(tmp_data, parent / data_name)
+            tmp_data = None
+        else:
+            with open(tmp, "wb") as f:
+                f.write(model.SerializeToString(deterministic=True))
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except OSError as e:
+        raise InputError(f"{out}: cannot write ({e.strerror or e})") from None
+    finally:
+        for leftover in (tmp, tmp_data):
+            if leftover and os.path.exists(leftover):
+                os.unlink(leftover)
+
+
+def _fits_bytesize(model: onnx.ModelProto) -> bool:
+    try:
+        model.ByteSize()
+        return True
+    except Exception:
+        return False
+
+
+def _short(e: BaseException) -> str:
+    s = str(e).strip().splitlines()
+    return (s[0] if s else type(e).__name__)[:200]

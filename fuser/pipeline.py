@@ -1,0 +1,143 @@
+"""The pass manager: normalize → passes to a fixed point → cleanup → an ONNX model again.
+
+Model-level facts are restored from the original after graphsurgeon's export: ir_version (never raised),
+opset imports (plus ``fuser`` v1 when fused nodes exist), producer, metadata, doc strings, graph
+input/output declarations (names, dtypes, symbolic dims) and each surviving node's doc string and
+metadata. Fused nodes get their provenance (doc_string, ``fuser.pattern``, ``fuser.source_nodes``).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from fuser.passes import PASS_ORDER, pass_names
+
+from .context import PassContext, provenance_props
+from .errors import InputError
+from .fused import DOMAIN, DOMAIN_VERSION, FusionRecord
+from .normalize import name_nodes, normalize
+
+MAX_ROUNDS = 8
+
+
+@dataclass
+class PipelineResult:
+    model: onnx.ModelProto
+    fusions: list[FusionRecord]
+    rounds: int
+    pass_counts: dict[str, int] = field(default_factory=dict)
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            return int(o.version)
+    raise InputError("model imports no default-domain opset")
+
+
+def run_pipeline(model: onnx.ModelProto, target: str = "hip", skip: tuple[str, ...] = ()) -> PipelineResult:
+    unknown = set(skip) - set(pass_names()) - {"cleanup"}
+    if unknown:
+        raise InputError(f"unknown pass {sorted(unknown)[0]!r}; passes: {', '.join(pass_names())}")
+    original = model
+    work = copy.deepcopy(model)
+    opset = default_opset(work)
+    if "normalize" in skip:
+        name_nodes(work)
+        graph = gs.import_onnx(work)
+    else:
+        graph = normalize(work)
+    ctx = PassContext(graph, opset)
+    counts: dict[str, int] = {}
+    rounds = 0
+    for rounds in range(1, MAX_ROUNDS + 1):  # noqa: B007 (rounds is reported)
+        changed = 0
+        for p in PASS_ORDER:
+            if p.NAME in skip:
+                continue
+            n = p.run(ctx)
+            if n:
+                graph.cleanup(remove_unused_graph_inputs=False).toposort()
+                counts[p.NAME] = counts.get(p.NAME, 0) + n
+                changed += n
+        if not changed:
+            break
+    if "cleanup" not in skip:
+        graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    out = finalize(graph, ctx, original)
+    if target == "onnx":
+        out = inline_fused(out)
+    return PipelineResult(out, ctx.fusions, rounds, counts)
+
+
+def finalize(graph: gs.Graph, ctx: PassContext, original: onnx.ModelProto) -> onnx.ModelProto:
+    m = gs.export_onnx(graph, do_type_check=False)
+    out = onnx.ModelProto()
+    out.CopyFrom(original)
+    out.graph.CopyFrom(m.graph)
+    # graph-level declarations exactly as the original had them
+    out.graph.name = original.graph.name
+    out.graph.doc_string = original.graph.doc_string
+    _restore_io(out.graph.input, original.graph.input)
+    _restore_io(out.graph.output, original.graph.output)
+    if original.ir_version < 4:
+        # IR<4 requires every initializer to be listed among the graph inputs
+        listed = {i.name for i in out.graph.input}
+        for init in out.graph.initializer:
+            if init.name not in listed:
+                out.graph.input.append(onnx.helper.make_tensor_value_info(
+                    init.name, init.data_type, list(init.dims)))
+    # node doc strings / metadata of nodes that survived
+    by_name = {n.name: n for n in original.graph.node if n.name}
+    records = {r.fused_node: r for r in ctx.fusions}
+    for n in out.graph.node:
+        src = by_name.get(n.name)
+        if src is not None and n.op_type == src.op_type:
+            n.doc_string = src.doc_string
+            del n.metadata_props[:]
+            n.metadata_props.extend(src.metadata_props)
+        rec = records.get(n.name)
+        if rec is not None and n.domain == DOMAIN:
+            n.doc_string = rec.doc_line()
+            for k, v in provenance_props(rec).items():
+                n.metadata_props.add(key=k, value=v)
+    used = {n.op_type for n in out.graph.node if n.domain == DOMAIN}
+    del out.opset_import[:]
+    out.opset_import.extend(o for o in original.opset_import if o.domain != DOMAIN)
+    del out.functions[:]
+    out.functions.extend(f for f in original.functions if f.domain != DOMAIN)
+    if used:
+        out.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+        for op_type in sorted(used):
+            out.functions.append(ctx.fused_types[op_type].function(ctx.opset))
+    # keep functions of ours that survived from an earlier run (idempotence on fused models)
+    have = {f.name for f in out.functions if f.domain == DOMAIN}
+    for f in original.functions:
+        if f.domain == DOMAIN and f.name in used and f.name not in have:
+            out.functions.append(f)
+    return out
+
+
+def _restore_io(new, old) -> None:
+    old_by_name = {v.name: v for v in old}
+    for i, v in enumerate(new):
+        if v.name in old_by_name:
+            new[i].CopyFrom(old_by_name[v.name])
+
+
+def inline_fused(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``--target onnx``: replace every fused node by its standard-op body (no ``fuser`` domain)."""
+    from onnx import inliner
+
+    ids = [(f.domain, f.name) for f in model.functions if f.domain == DOMAIN]
+    if not ids:
+        return model
+    out = inliner.inline_selected_functions(model, ids)
+    del out.opset_import[:]
+    out.opset_import.extend(o for o in model.opset_import if o.domain != DOMAIN)
+    out.ir_version = model.ir_version
+    return out
