@@ -1,0 +1,149 @@
+"""``onnx-fuse``: a thin click layer over :func:`fuser.optimize`.
+
+``onnx-fuse MODEL -o OUT`` is the main job (the ``fuse`` subcommand is implied); other subcommands
+(``kernels`` …) sit beside it. Errors are one line on stderr with the documented exit code:
+0 ok, 1 verification failed, 2 usage error or unreadable/invalid input, 3 internal error (a bug).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from fuser import __version__
+from fuser.errors import EXIT_INTERNAL, FuserError, InputError
+
+# click marks usage errors with exit code 2 already, matching ours
+
+
+class DefaultGroup(click.Group):
+    """A group whose first argument, when it is not a subcommand, goes to ``fuse``."""
+
+    default_cmd = "fuse"
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = [self.default_cmd, *args]
+        elif not args:
+            args = ["--help"]
+        return super().parse_args(ctx, args)
+
+
+def _parse_input(spec: str) -> tuple[str, np.ndarray]:
+    if "=" not in spec:
+        raise InputError(f"--input {spec!r}: expected NAME=FILE.npy")
+    name, path = spec.split("=", 1)
+    try:
+        return name, np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise InputError(f"--input {name}: cannot read {path} ({e})") from None
+
+
+def _parse_shape(spec: str) -> tuple[str, list[int]]:
+    if ":" not in spec:
+        raise InputError(f"--shape {spec!r}: expected NAME:d0,d1,...")
+    name, dims = spec.rsplit(":", 1)
+    try:
+        shape = [int(d) for d in dims.split(",") if d.strip() != ""]
+    except ValueError:
+        raise InputError(f"--shape {spec!r}: dims must be integers") from None
+    if any(d <= 0 for d in shape):
+        raise InputError(f"--shape {spec!r}: dims must be positive")
+    return name, shape
+
+
+def _fail(e: BaseException) -> None:
+    if isinstance(e, FuserError):
+        click.echo(f"onnx-fuse: error: {e}", err=True)
+        sys.exit(e.exit_code)
+    if os.environ.get("ONNX_FUSE_DEBUG"):
+        raise e
+    first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+    click.echo(f"onnx-fuse: internal error: {type(e).__name__}: {first} (set ONNX_FUSE_DEBUG=1 for a "
+               "traceback)", err=True)
+    sys.exit(EXIT_INTERNAL)
+
+
+@click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="onnx-fuse")
+def main() -> None:
+    """Fuse Conv/BN/activation (and more) in an ONNX model, bind fused nodes to bundled GPU kernels,
+    and verify the result against the original.
+
+    \b
+    onnx-fuse MODEL.onnx -o FUSED.onnx      (same as: onnx-fuse fuse MODEL.onnx -o FUSED.onnx)
+    """
+
+
+@main.command("fuse")
+@click.argument("model", type=click.Path(dir_okay=True, path_type=Path), required=False)
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Where to write the fused model.")
+@click.option("--target", type=click.Choice(["hip", "onnx"]), default="hip", show_default=True,
+              help="hip: fused nodes bound to our kernels (function-backed, runs anywhere); "
+                   "onnx: standard ops only.")
+@click.option("--skip", "skip", multiple=True, metavar="PASS", help="Skip a pass (repeatable).")
+@click.option("--list-passes", is_flag=True, help="List the passes in the order they run, and exit.")
+@click.option("--no-verify", is_flag=True, help="Do not verify the result numerically.")
+@click.option("--rtol", type=float, default=None, help="Max relative L2 error per output "
+              "(default 1e-5 fp32, 1e-2 fp16).")
+@click.option("--atol", type=float, default=None, help="Also pass an output whose max abs error is ≤ ATOL.")
+@click.option("--input", "inputs", multiple=True, metavar="NAME=FILE.npy", help="Verification input.")
+@click.option("--shape", "shapes", multiple=True, metavar="NAME:d0,d1,...", help="Shape for symbolic dims.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of generated inputs.")
+@click.option("--device", type=click.Choice(["auto", "hip", "cuda", "cpu"]), default="auto",
+              show_default=True, help="Where the runtime verifies the fused kernels.")
+@click.option("--report", "report", type=click.Path(path_type=Path), help="Write a JSON report here.")
+@click.option("--keep-on-fail", is_flag=True, help="Write the output even if verification fails.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+def fuse_cmd(model, output, target, skip, list_passes, no_verify, rtol, atol, inputs, shapes, seed, device,
+             report, keep_on_fail, quiet) -> None:
+    """Rewrite MODEL and write the verified result to -o OUT."""
+    from fuser.passes import pass_names
+
+    if list_passes:
+        for name in [*pass_names(), "cleanup"]:
+            click.echo(name)
+        return
+    try:
+        if model is None:
+            raise InputError("missing MODEL (usage: onnx-fuse MODEL -o OUT)")
+        if output is None:
+            raise InputError("missing -o/--output")
+        feeds = dict(_parse_input(s) for s in inputs)
+        shape_map = dict(_parse_shape(s) for s in shapes)
+        from fuser.api import optimize
+
+        # SIGINT while writing: the atomic save cleans its temp file in `finally`; exit 130 quietly.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        result = optimize(model, output, target=target, skip=tuple(skip), verify_result=not no_verify,
+                          rtol=rtol, atol=atol, inputs=feeds, shapes=shape_map, keep_on_fail=keep_on_fail,
+                          device=device, report=report, seed=seed)
+    except KeyboardInterrupt:
+        click.echo("onnx-fuse: interrupted; nothing written", err=True)
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001
+        from fuser.errors import VerificationError
+
+        if isinstance(e, VerificationError) and e.report is not None and not quiet:
+            _print(e.report)
+        _fail(e)
+        return
+    if not quiet:
+        _print(result)
+
+
+def _print(result) -> None:
+    from rich.console import Console
+
+    from fuser.report import print_table
+
+    print_table(result, Console(stderr=True, width=max(100, Console(stderr=True).width)))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

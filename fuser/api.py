@@ -1,0 +1,147 @@
+"""The Python API: :func:`optimize` — everything the CLI does, without the CLI."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .errors import InputError, VerificationError
+from .fused import FusionRecord
+from .io import load_model, save_model_atomic, sha256_file
+from .pipeline import default_opset, run_pipeline
+from .report import build_report, op_counts, write_json
+from .verify import Verification, make_inputs, verify
+
+TARGETS = ("hip", "onnx")
+MAX_OPSET_SUPPORTED = None  # filled lazily from onnx.defs
+
+
+@dataclass
+class OptimizeResult:
+    model: onnx.ModelProto
+    fusions: list[FusionRecord]
+    verification: Verification | None
+    ops_before: dict[str, int]
+    ops_after: dict[str, int]
+    pass_counts: dict[str, int]
+    timings: dict[str, float] = field(default_factory=dict)
+    input_path: str = "<memory>"
+    input_sha256: str = ""
+    input_bytes: int = 0
+    output_path: str | None = None
+    output_sha256: str = ""
+    output_bytes: int = 0
+    written: bool = False
+    report: dict = field(default_factory=dict)
+
+
+def check_model_supported(model: onnx.ModelProto, where: str) -> None:
+    """Refuse, in one line, models the toolchain cannot process faithfully."""
+    opset = default_opset(model)
+    newest = onnx.defs.onnx_opset_version()
+    if opset < 7:
+        raise InputError(f"{where}: opset {opset} is older than the oldest supported (7)")
+    if opset > newest:
+        raise InputError(f"{where}: opset {opset} is newer than the installed onnx knows ({newest})")
+    try:
+        import onnxruntime  # noqa: F401
+        from onnx import IR_VERSION
+        max_ir = IR_VERSION
+    except ImportError:  # pragma: no cover
+        max_ir = 10
+    if model.ir_version > max_ir:
+        raise InputError(f"{where}: IR version {model.ir_version} is newer than supported ({max_ir})")
+    try:
+        onnx.checker.check_model(model, full_check=False)
+    except Exception as e:
+        raise InputError(f"{where}: invalid model ({str(e).strip().splitlines()[0][:200]})") from None
+
+
+def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLike | None = None, *,
+             target: str = "hip", skip: tuple[str, ...] = (), verify_result: bool = True,
+             rtol: float | None = None, atol: float | None = None,
+             inputs: dict[str, np.ndarray] | None = None, shapes: dict[str, list[int]] | None = None,
+             keep_on_fail: bool = False, device: str = "auto", report: str | os.PathLike | None = None,
+             seed: int = 0) -> OptimizeResult:
+    """Rewrite ``model``; verify it against the original; write it to ``output`` (atomically).
+
+    Raises :class:`InputError` (exit 2) for bad input and :class:`VerificationError` (exit 1) when the
+    rewritten model does not match; nothing is written then unless ``keep_on_fail``.
+    """
+    if target not in TARGETS:
+        raise InputError(f"unknown target {target!r} (choose from {', '.join(TARGETS)})")
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    in_path = None
+    if isinstance(model, (str, os.PathLike)):
+        in_path = Path(model)
+        if output is not None and _same_file(in_path, Path(output)):
+            raise InputError(f"{output}: refusing to overwrite the input model")
+        proto = load_model(in_path)
+    else:
+        proto = model
+    where = str(in_path) if in_path else "model"
+    check_model_supported(proto, where)
+    timings["load"] = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    feeds = make_inputs(proto, seed, inputs, shapes) if verify_result else None
+    res = run_pipeline(proto, target=target, skip=tuple(skip))
+    timings["passes"] = time.perf_counter() - t1
+
+    result = OptimizeResult(
+        model=res.model, fusions=res.fusions, verification=None, ops_before=op_counts(proto),
+        ops_after=op_counts(res.model), pass_counts=res.pass_counts, timings=timings,
+        input_path=str(in_path) if in_path else "<memory>",
+        input_sha256=sha256_file(in_path) if in_path else "",
+        input_bytes=in_path.stat().st_size if in_path else proto.ByteSize(),
+        output_path=str(output) if output is not None else None,
+    )
+    failure: VerificationError | None = None
+    if verify_result:
+        t2 = time.perf_counter()
+        try:
+            result.verification = verify(proto, res.model, feeds, rtol=rtol, atol=atol, device=device)
+        except InputError:
+            raise
+        except Exception as e:  # onnxruntime refused to run one of the models
+            msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            raise InputError(f"{where}: cannot run the model for verification ({msg})") from None
+        timings["verify"] = time.perf_counter() - t2
+        bad = result.verification.first_failure()
+        if bad is not None:
+            failure = VerificationError(
+                f"verification failed for output {bad.name!r} ({bad.path}): rel-L2 {bad.rel_l2:.3e} "
+                f"(tolerance {bad.rtol:.1e}), max-abs {bad.max_abs:.3e}, cosine {bad.cosine:.6f}, "
+                f"SNR {bad.snr_db:.1f} dB{'; ' + bad.reason if bad.reason else ''}", result)
+    if output is not None and (failure is None or keep_on_fail):
+        t3 = time.perf_counter()
+        save_model_atomic(res.model, output)
+        result.written = True
+        result.output_sha256 = sha256_file(output)
+        result.output_bytes = Path(output).stat().st_size
+        timings["write"] = time.perf_counter() - t3
+    else:
+        result.output_bytes = res.model.ByteSize()
+    timings["total"] = time.perf_counter() - t0
+    result.report = build_report(result, {
+        "target": target, "skip": list(skip), "verify": verify_result, "rtol": rtol, "atol": atol,
+        "shapes": shapes or {}, "inputs": sorted(inputs or {}), "keep_on_fail": keep_on_fail,
+        "device": device, "seed": seed})
+    if report is not None:
+        write_json(result.report, str(report))
+    if failure is not None:
+        raise failure
+    return result
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False

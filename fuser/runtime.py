@@ -1,0 +1,242 @@
+"""``fuser.runtime.Session``: runs a fused model, our kernels for ``fuser`` nodes, onnxruntime for the rest.
+
+onnxruntime cannot take Python GPU kernels as custom ops, so the session splits the graph (DESIGN §6):
+every ``fuser`` node is a *kernel step*; maximal islands of standard nodes become onnxruntime
+sub-sessions (*island steps*). The schedule is a topological order that stays in the current kind of
+step as long as it can, so islands are as large as the dependencies allow.
+
+Backends: ``cpu`` runs the numpy references of :mod:`fuser.kernels` and the islands in onnxruntime's CPU
+provider, exchanging numpy arrays. The GPU backends keep the same plan and swap the value store for
+device buffers and the islands' I/O for IOBinding on one stream (see :mod:`fuser.kernels`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .fused import DOMAIN, FusedOpType, parse_op_type
+
+
+@dataclass
+class NodeArgInfo:
+    """Mirrors onnxruntime's NodeArg: name, shape (ints, strings for symbolic dims, None), type."""
+
+    name: str
+    shape: list[Any] | None
+    type: str
+
+
+@dataclass
+class KernelStep:
+    node: onnx.NodeProto
+    ftype: FusedOpType
+    attrs: dict
+
+
+@dataclass
+class IslandStep:
+    nodes: list[onnx.NodeProto]
+    inputs: list[str] = field(default_factory=list)  # produced outside the island (or graph inputs)
+    outputs: list[str] = field(default_factory=list)  # needed after it (or graph outputs)
+    sessions: dict = field(default_factory=dict)  # input dtypes → onnxruntime session
+
+
+def _subgraph_names(node: onnx.NodeProto) -> set[str]:
+    """Outer-scope names that If/Loop/Scan bodies read (they must be island inputs too)."""
+    names: set[str] = set()
+    for a in node.attribute:
+        graphs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+        for g in graphs:
+            local = {i.name for i in g.input} | {i.name for i in g.initializer}
+            for n in g.node:
+                local |= set(n.output)
+            for n in g.node:
+                names |= {i for i in n.input if i and i not in local}
+                names |= _subgraph_names(n) - local
+    return names
+
+
+def node_inputs(node: onnx.NodeProto) -> list[str]:
+    return [i for i in node.input if i] + sorted(_subgraph_names(node))
+
+
+def schedule(nodes: list[onnx.NodeProto], is_kernel) -> list[list[onnx.NodeProto]]:
+    """Group nodes into steps: a kernel node alone, standard nodes into maximal islands."""
+    produced_by = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    deps = [{produced_by[x] for x in node_inputs(n) if x in produced_by} for n in nodes]
+    users: dict[int, list[int]] = defaultdict(list)
+    for i, d in enumerate(deps):
+        for j in d:
+            users[j].append(i)
+    remaining = [len(d) for d in deps]
+    ready = {False: deque(), True: deque()}
+    for i, n in enumerate(nodes):
+        if remaining[i] == 0:
+            ready[bool(is_kernel(n))].append(i)
+    steps: list[list[onnx.NodeProto]] = []
+    current: list[onnx.NodeProto] = []
+    while ready[False] or ready[True]:
+        if ready[False]:  # extend the open island while any standard node is ready
+            i = ready[False].popleft()
+            current.append(nodes[i])
+        else:
+            if current:
+                steps.append(current)
+                current = []
+            i = ready[True].popleft()
+            steps.append([nodes[i]])
+        for u in users[i]:
+            remaining[u] -= 1
+            if remaining[u] == 0:
+                ready[bool(is_kernel(nodes[u]))].append(u)
+    if current:
+        steps.append(current)
+    return steps
+
+
+_ATTR_KEYS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    out = {}
+    for a in node.attribute:
+        v = helper.get_attribute_value(a)
+        out[a.name] = v.decode() if isinstance(v, bytes) else v
+    return out
+
+
+def run_kernel_reference(step: KernelStep, args: list[np.ndarray | None]) -> np.ndarray:
+    """The CPU backend: the numpy reference of the node's kernel family."""
+    a, ft = step.attrs, step.ftype
+    act = {"activation": a.get("activation", ft.activation), "alpha": a.get("alpha", 0.01),
+           "beta": a.get("beta", 0.0), "clip_min": a.get("clip_min", float("-inf")),
+           "clip_max": a.get("clip_max", float("inf"))}
+    if ft.base == "Conv":
+        from .kernels import conv
+
+        conv_attrs = {k: a[k] for k in _ATTR_KEYS if k in a}
+        residual = args[3] if ft.residual else None
+        return conv.reference(args[0], args[1], args[2], residual, **act, **conv_attrs)
+    if ft.base == "BatchNorm":
+        from .kernels import batchnorm
+
+        return batchnorm.reference(args[0], args[1].reshape(-1), args[2].reshape(-1), **act)
+    from .kernels import leaky_relu
+
+    return leaky_relu.reference(args[0], float(a.get("alpha", 0.01)))
+
+
+class Session:
+    """Run a (fused) ONNX model; the API mirrors ``onnxruntime.InferenceSession``."""
+
+    def __init__(self, model: str | os.PathLike | onnx.ModelProto, device: str = "auto") -> None:
+        if isinstance(model, (str, os.PathLike)):
+            from .io import load_model
+
+            model = load_model(Path(model))
+        self.model = model
+        self.device = self._select(device)
+        g = model.graph
+        self.initializers = {t.name: t for t in g.initializer}
+        self._const_cache: dict[str, np.ndarray] = {}
+        self.input_names = [i.name for i in g.input if i.name not in self.initializers]
+        self.output_names = [o.name for o in g.output]
+        is_kernel = lambda n: n.domain == DOMAIN and parse_op_type(n.op_type) is not None  # noqa: E731
+        self.steps: list[KernelStep | IslandStep] = []
+        groups = schedule(list(g.node), is_kernel)
+        needed_later: list[set[str]] = [set() for _ in groups]
+        acc = set(self.output_names)
+        for k in range(len(groups) - 1, -1, -1):
+            needed_later[k] = set(acc)
+            for n in groups[k]:
+                acc |= set(node_inputs(n))
+        for k, nodes in enumerate(groups):
+            if len(nodes) == 1 and is_kernel(nodes[0]):
+                n = nodes[0]
+                self.steps.append(KernelStep(n, parse_op_type(n.op_type), _attrs(n)))
+                continue
+            produced = {o for n in nodes for o in n.output if o}
+            ins: list[str] = []
+            for n in nodes:
+                for x in node_inputs(n):
+                    if x not in produced and x not in ins:
+                        ins.append(x)
+            outs = [o for n in nodes for o in n.output if o and o in needed_later[k]]
+            self.steps.append(IslandStep(nodes, ins, outs))
+
+    @staticmethod
+    def _select(device: str) -> str:
+        if device not in ("auto", "cpu", "cuda", "hip"):
+            raise ValueError(f"unknown device {device!r} (auto, hip, cuda, cpu)")
+        if device in ("auto", "cpu"):
+            return "cpu"  # GPU backends are selected by fuser.kernels once they are available
+        raise RuntimeError(f"device {device!r} is not available in this runtime build")
+
+    # -- onnxruntime-like API -------------------------------------------------------------------
+    def get_inputs(self) -> list[NodeArgInfo]:
+        return [_info(v) for v in self.model.graph.input if v.name in self.input_names]
+
+    def get_outputs(self) -> list[NodeArgInfo]:
+        return [_info(v) for v in self.model.graph.output]
+
+    def run(self, output_names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise ValueError(f"missing input {missing[0]!r}")
+        values: dict[str, np.ndarray] = dict(feeds)
+        for step in self.steps:
+            if isinstance(step, KernelStep):
+                args = [self._value(values, x) if x else None for x in step.node.input]
+                values[step.node.output[0]] = run_kernel_reference(step, args)
+            else:
+                self._run_island(step, values)
+        return [values[n] for n in (output_names or self.output_names)]
+
+    # -- internals ------------------------------------------------------------------------------
+    def _value(self, values: dict[str, np.ndarray], name: str) -> np.ndarray:
+        if name in values:
+            return values[name]
+        if name not in self._const_cache:
+            self._const_cache[name] = numpy_helper.to_array(self.initializers[name])
+        return self._const_cache[name]
+
+    def _run_island(self, step: IslandStep, values: dict[str, np.ndarray]) -> None:
+        feeds = {x: values[x] for x in step.inputs if x in values}
+        key = tuple((x, str(v.dtype)) for x, v in feeds.items())
+        sess = step.sessions.get(key)
+        if sess is None:
+            sess = step.sessions[key] = self._island_session(step, feeds)
+        for name, v in zip(step.outputs, sess.run(step.outputs, feeds), strict=True):
+            values[name] = v
+
+    def _island_session(self, step: IslandStep, feeds: dict[str, np.ndarray]):
+        import onnxruntime as ort
+
+        inits = [self.initializers[x] for x in step.inputs if x not in feeds and x in self.initializers]
+        g_in = [helper.make_tensor_value_info(x, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
+                for x, v in feeds.items()]
+        g_out = [onnx.ValueInfoProto(name=o) for o in step.outputs]
+        graph = helper.make_graph(step.nodes, "island", g_in, g_out, inits)
+        sub = helper.make_model(graph, opset_imports=list(self.model.opset_import),
+                                functions=list(self.model.functions))
+        sub.ir_version = max(self.model.ir_version, 8)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        return ort.InferenceSession(sub.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def _info(v: onnx.ValueInfoProto) -> NodeArgInfo:
+    t = v.type.tensor_type
+    shape = None
+    if t.HasField("shape"):
+        shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+    elem = onnx.TensorProto.DataType.Name(t.elem_type).lower() if t.elem_type else "undefined"
+    return NodeArgInfo(v.name, shape, f"tensor({elem})")
