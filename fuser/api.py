@@ -45,7 +45,8 @@ def check_model_supported(model: onnx.ModelProto, where: str) -> None:
     opset = default_opset(model)
     newest = onnx.defs.onnx_opset_version()
     if opset < 7:
-        raise InputError(f"{where}: opset {opset} is older than the oldest supported (7)")
+        raise InputError(f"{where}: opset {opset} is older than the oldest supported (7; onnxruntime runs "
+                         "nothing older) — upgrade it first with onnx.version_converter.convert_version")
     if opset > newest:
         raise InputError(f"{where}: opset {opset} is newer than the installed onnx knows ({newest})")
     try:

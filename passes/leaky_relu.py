@@ -20,7 +20,7 @@ NAME = "leaky_relu"
 
 def run(ctx: PassContext) -> int:
     count = 0
-    for node in [n for n in ctx.graph.nodes if n.op == "LeakyRelu" and n.domain in ("", "ai.onnx")]:
+    for node in [n for n in ctx.graph.nodes if n.op == "LeakyRelu" and n.domain in (None, "", "ai.onnx")]:
         if len(node.outputs) != 1 or not node.inputs:
             continue
         alpha = float(node.attrs.get("alpha", 0.01))
