@@ -185,7 +185,11 @@ def _random(rng: np.random.Generator, dtype: np.dtype, shape: list[int], bound: 
 # running
 
 def ort_run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    import onnxruntime as ort
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise InputError("verification needs onnxruntime: install onnx-fuse[cpu] (or [cuda] / [rocm]), "
+                         "or pass --no-verify") from None
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
