@@ -137,6 +137,50 @@ def fuse_cmd(model, output, target, skip, list_passes, no_verify, rtol, atol, in
         _print(result)
 
 
+@main.group("kernels")
+def kernels_group() -> None:
+    """The bundled GPU kernel families: list them, or compile them all for one target (no GPU needed)."""
+
+
+@kernels_group.command("list")
+def kernels_list() -> None:
+    """Every kernel family and its variants (entry points)."""
+    from fuser.kernels.build import list_families
+
+    for fam in list_families():
+        kind = "device" if fam.has_device_code else "reference-only"
+        click.echo(f"{fam.name:<12} {kind:<15} {fam.doc}")
+        for v in fam.variants:
+            click.echo(f"    {v}")
+
+
+@kernels_group.command("build")
+@click.option("--backend", type=click.Choice(["hip", "cuda"]), required=True)
+@click.option("--arch", required=True, help="gfx90a, gfx1030, ... (hip) or sm_80, sm_90, ... (cuda)")
+@click.option("--no-cache", is_flag=True, help="Compile even what the disk cache already holds.")
+def kernels_build(backend: str, arch: str, no_cache: bool) -> None:
+    """Compile every kernel family for BACKEND/ARCH; print each compiler log; exit 1 on any failure."""
+    from fuser.kernels.build import build_all
+    from fuser.kernels.toolchain import ToolchainMissing
+
+    try:
+        results = build_all(backend, arch, use_cache=not no_cache)
+    except (ToolchainMissing, ValueError) as e:
+        _fail(InputError(str(e)))
+        return
+    failed = 0
+    for r in results:
+        state = "ok" if r.ok else "FAILED"
+        how = "cached" if r.cached else f"{r.seconds:.2f}s"
+        click.echo(f"{r.family:<12} {r.variant or '-':<40} {state:<7} {how}")
+        if r.log.strip() and (not r.ok or not r.cached):
+            click.echo("    " + r.log.strip().replace("\n", "\n    "))
+        failed += not r.ok
+    click.echo(f"{len(results) - failed} ok, {failed} failed ({backend} {arch})")
+    if failed:
+        sys.exit(1)
+
+
 def _print(result) -> None:
     from rich.console import Console
 
