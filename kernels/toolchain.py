@@ -62,7 +62,17 @@ def _nvrtc() -> Any:
     return nvrtc
 
 
+# Where tests/kernels/setup_toolchains.sh links ROCm 5.2's libamdhip64 for hip-python (compile-only hosts).
+DEFAULT_ROCM_DIR = os.path.join(os.path.expanduser("~"), ".local", "share", "onnx-fuse", "rocm")
+
+
 def _hiprtc() -> Any:
+    # hip-python reads ROCM_PATH when it first loads its libraries; default it to the links the setup
+    # script makes, so a developer who ran it needs no extra export.
+    if "ROCM_PATH" not in os.environ:
+        rocm_dir = os.environ.get("ONNX_FUSE_ROCM_DIR", DEFAULT_ROCM_DIR)
+        if os.path.exists(os.path.join(rocm_dir, "lib", "libhiprtc.so")):
+            os.environ["ROCM_PATH"] = rocm_dir
     try:
         from hip import hiprtc
     except Exception as e:  # hip-python raises various errors when ROCm libraries are missing
