@@ -41,9 +41,10 @@ def run(ctx: PassContext) -> int:
         if w is None or (b_t is not None and const_value(b_t) is None):
             continue
         y = conv.outputs[0]
-        if not single_use_intermediate(graph, y):
+        if y in graph.outputs or not y.outputs:
             continue
-        residual, after = _match_residual(graph, y)
+        # one consumer (Act or the residual Add), or the two of the SiLU diamond (checked by the matcher)
+        residual, after = _match_residual(graph, y) if len(y.outputs) == 1 else (None, y)
         act = match_activation_after(graph, after, ctx.opset)
         if act is None:
             continue

@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 "$PY" -m pip install -q -e ".[cpu,test]"
+# PyTorch (CPU) + onnxscript for the tests that export models with both PyTorch exporters; optional
+"$PY" -m pip install -q "torch==2.13.0" onnxscript || echo "torch not installable: export tests will skip" >&2
 eval "$(PYTHON="$PY" bash tests/kernels/setup_toolchains.sh)"
 export ROCM_PATH
 "$PY" -m ruff check .
