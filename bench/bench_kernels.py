@@ -1,0 +1,319 @@
+"""Memory-bound kernel benchmarks against PyTorch and the device-copy roofline, in one run.
+
+Method: every measured op (ours, torch's, and a plain device copy of the same bytes) is captured
+``inner`` times into a CUDA graph, rotating over enough buffer sets that the working set exceeds the
+L2 several times when one set would fit; the graph is replayed after warm-up and timed with CUDA
+events; the median replay time / inner is reported (min and max too). Inputs are fresh random normal
+data. Accuracy is measured against a float64 reference computed on the GPU by torch in float64:
+SNR in dB (10 log10 |ref|^2 / |out - ref|^2) and cosine similarity, for ours and for torch.
+
+Usage: python bench/bench_kernels.py [--out DIR] [--quick]
+torch is used only here (allocation, baselines, timing); the library itself does not need it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from fuser.kernels import batchnorm, group_norm, leaky_relu
+from fuser.kernels.backend import select_backend
+
+DATE = "2026-11-21"
+L2_ROTATE_FACTOR = 3        # rotate sets until the working set is >= 3x L2
+
+
+def nsets_for(set_bytes: int, l2: int) -> int:
+    if set_bytes >= L2_ROTATE_FACTOR * l2:
+        return 1
+    return min(32, math.ceil(L2_ROTATE_FACTOR * l2 / set_bytes))
+
+
+def time_graph(call: Callable[[int, int], Any], nsets: int, inner_min: int = 20, reps: int = 25,
+               warmup: int = 3) -> dict[str, float]:
+    """ms per call of ``call(set_index, stream_handle)``, captured in a CUDA graph."""
+    inner = max(inner_min, nsets)
+    inner = math.ceil(inner / nsets) * nsets
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        for i in range(nsets):        # eager warm-up: module loads, cuDNN heuristics, allocator
+            call(i, s.cuda_stream)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g, stream=s):
+        st = torch.cuda.current_stream().cuda_stream
+        for j in range(inner):
+            call(j % nsets, st)
+    for _ in range(warmup):
+        g.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        g.replay()
+        e1.record()
+        e1.synchronize()
+        times.append(e0.elapsed_time(e1) / inner)
+    del g
+    torch.cuda.synchronize()
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times),
+            "inner": inner, "nsets": nsets}
+
+
+def accuracy(out: torch.Tensor, ref64: torch.Tensor) -> tuple[float, float]:
+    o = out.double().reshape(-1)
+    r = ref64.reshape(-1)
+    noise = torch.sum((o - r) ** 2).item()
+    sig = torch.sum(r * r).item()
+    snr = float("inf") if noise == 0 else 10 * math.log10(sig / noise)
+    cos = (torch.dot(o, r) / (torch.linalg.vector_norm(o) * torch.linalg.vector_norm(r))).item()
+    return snr, cos
+
+
+class Bench:
+    def __init__(self, quick: bool) -> None:
+        self.be = select_backend("cuda")
+        self.l2 = self.be.l2_bytes
+        self.quick = quick
+        self.rows: list[dict[str, Any]] = []
+        self._copy_cache: dict[tuple[int, torch.dtype], dict[str, float]] = {}
+
+    def copy_time(self, numel: int, dtype: torch.dtype) -> dict[str, float]:
+        key = (numel, dtype)
+        if key not in self._copy_cache:
+            esz = torch.empty(0, dtype=dtype).element_size()
+            ns = nsets_for(2 * numel * esz, self.l2)
+            src = [torch.randn(numel, device="cuda").to(dtype) for _ in range(ns)]
+            dst = [torch.empty(numel, device="cuda", dtype=dtype) for _ in range(ns)]
+            self._copy_cache[key] = time_graph(lambda i, st: dst[i].copy_(src[i]), ns)
+            del src, dst
+        return self._copy_cache[key]
+
+    def case(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, make_inputs: Callable[[], Any],
+             ours: Callable[[Any, torch.Tensor, int], None], theirs: Callable[[Any], torch.Tensor],
+             ref64: Callable[[Any], torch.Tensor], baseline_name: str, goal: str,
+             bytes_moved: int | None = None) -> dict[str, Any]:
+        numel = math.prod(shape)
+        esz = torch.empty(0, dtype=dtype).element_size()
+        moved = bytes_moved if bytes_moved is not None else 2 * numel * esz
+        ns = nsets_for(moved, self.l2)
+        ins = [make_inputs() for _ in range(ns)]
+        outs = [torch.empty(shape, device="cuda", dtype=dtype) for _ in range(ns)]
+        # accuracy first, on set 0 (outputs poisoned so unwritten elements show up as NaN)
+        outs[0].fill_(float("nan"))
+        ours(ins[0], outs[0], torch.cuda.current_stream().cuda_stream)
+        torch.cuda.synchronize()
+        r64 = ref64(ins[0])
+        snr, cos = accuracy(outs[0], r64)
+        bsnr, bcos = accuracy(theirs(ins[0]), r64)
+        finite = bool(torch.isfinite(outs[0]).all().item())
+        del r64
+        t_ours = time_graph(lambda i, st: ours(ins[i], outs[i], st), ns)
+        t_torch = time_graph(lambda i, st: theirs(ins[i]), ns)
+        t_copy = self.copy_time(numel, dtype)
+        row = {
+            "case": name, "shape": list(shape), "dtype": str(dtype).replace("torch.", ""),
+            "baseline": baseline_name, "torch_ms": t_torch["median_ms"], "ours_ms": t_ours["median_ms"],
+            "ours_min_ms": t_ours["min_ms"], "ours_max_ms": t_ours["max_ms"],
+            "torch_min_ms": t_torch["min_ms"], "torch_max_ms": t_torch["max_ms"],
+            "copy_ms": t_copy["median_ms"], "bytes": moved,
+            "ours_gbs": moved / t_ours["median_ms"] / 1e6, "copy_gbs": 2 * numel * esz / t_copy["median_ms"] / 1e6,
+            "speedup": t_torch["median_ms"] / t_ours["median_ms"],
+            "snr_db": snr, "cos": cos, "torch_snr_db": bsnr, "torch_cos": bcos, "finite": finite,
+            "nsets": ns, "inner": t_ours["inner"], "goal": goal,
+        }
+        row["pct_copy"] = 100.0 * row["ours_gbs"] / row["copy_gbs"]
+        self.rows.append(row)
+        print(f"\n[Evaluate] {name} {tuple(shape)} {row['dtype']}")
+        print(f"- Baseline latency      : {row['torch_ms']:.4f} ms  ({baseline_name})")
+        print(f"- Current latency       : {row['ours_ms']:.4f} ms  (min {row['ours_min_ms']:.4f}, "
+              f"max {row['ours_max_ms']:.4f})")
+        print(f"- Speedup               : {row['speedup']:.3f}x")
+        print(f"- Accuracy SNR          : {snr:.2f} dB (torch: {bsnr:.2f} dB) vs float64")
+        print(f"- Accuracy Cosine       : {cos:.12f} (torch: {bcos:.12f})")
+        print(f"- Bandwidth             : {row['ours_gbs']:.0f} GB/s = {row['pct_copy']:.1f}% of copy "
+              f"({row['copy_gbs']:.0f} GB/s); {ns} buffer set(s)")
+        print(f"- All outputs written   : {finite}; goal: {goal}")
+        ins.clear()
+        outs.clear()
+        torch.cuda.empty_cache()
+        return row
+
+
+def randn(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    return torch.randn(shape, device="cuda", dtype=torch.float32).to(dtype)
+
+
+def bench_bn(b: Bench, shape: tuple[int, ...], caps: bool, eps: float = 1e-5) -> None:
+    be = b.be
+    c = shape[1]
+    gamma = torch.rand(c, device="cuda", dtype=torch.float64) + 0.5
+    beta = torch.randn(c, device="cuda", dtype=torch.float64) * 0.5
+    mean = torch.randn(c, device="cuda", dtype=torch.float64)
+    var = torch.rand(c, device="cuda", dtype=torch.float64) + 0.2
+    g32, b32, m32, v32 = (t.float() for t in (gamma, beta, mean, var))
+    scale, shift = batchnorm.fold_scale_shift(gamma.cpu().numpy(), beta.cpu().numpy(), mean.cpu().numpy(),
+                                              var.cpu().numpy(), eps)
+    bshape = (1, c) + (1,) * (len(shape) - 2)
+
+    def bn_ref(x: torch.Tensor, act: bool) -> torch.Tensor:
+        y = (x.double() - mean.view(bshape)) / torch.sqrt(var.view(bshape) + eps) * gamma.view(bshape) \
+            + beta.view(bshape)
+        return F.leaky_relu(y, 0.1) if act else y
+
+    def torch_bn(x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(x, m32, v32, g32, b32, training=False, eps=eps)
+
+    tag = "x".join(map(str, shape))
+    rb = batchnorm.Runner(be, shape, np.float32, scale, shift)
+    b.case(f"batchnorm {tag}", shape, torch.float32, lambda: randn(shape, torch.float32),
+           lambda x, y, st: rb((x.data_ptr(),), y.data_ptr(), st), torch_bn,
+           lambda x: bn_ref(x, False), "F.batch_norm(eval)", ">=90% copy")
+    rbl = batchnorm.Runner(be, shape, np.float32, scale, shift, "LeakyRelu", alpha=0.1)
+    b.case(f"batchnorm+leaky {tag}", shape, torch.float32, lambda: randn(shape, torch.float32),
+           lambda x, y, st: rbl((x.data_ptr(),), y.data_ptr(), st),
+           lambda x: F.leaky_relu(torch_bn(x), 0.1), lambda x: bn_ref(x, True),
+           "F.batch_norm(eval)+F.leaky_relu", ">=90% copy")
+    if not caps:
+        return
+    for cap_name, cap in (("sms*32", be.num_sms * 32), ("unbounded", 1 << 30)):
+        rcap = batchnorm.Runner(be, shape, np.float32, scale, shift, "LeakyRelu", alpha=0.1, max_blocks=cap)
+        b.case(f"batchnorm+leaky {tag} cap={cap_name}", shape, torch.float32,
+               lambda: randn(shape, torch.float32),
+               lambda x, y, st, r=rcap: r((x.data_ptr(),), y.data_ptr(), st),
+               lambda x: F.leaky_relu(torch_bn(x), 0.1), lambda x: bn_ref(x, True),
+               "F.batch_norm(eval)+F.leaky_relu", "info")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.environ.get("OUT", ""))
+    ap.add_argument("--quick", action="store_true", help="small sizes only (smoke)")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    b = Bench(args.quick)
+    be = b.be
+    props = torch.cuda.get_device_properties(0)
+    print(f"device: {props.name}, {be.num_sms} SMs, L2 {be.l2_bytes / 2**20:.0f} MiB, arch {be.arch}; "
+          f"torch {torch.__version__}; date {DATE}")
+
+    # ---- launch overhead (host side, eager) --------------------------------------------------------
+    x1, y1 = randn((1,), torch.float32), torch.empty(1, device="cuda")
+    r1 = leaky_relu.Runner(be, 1, np.float32, 0.01)
+    r1((x1.data_ptr(),), y1.data_ptr())
+    torch.cuda.synchronize()
+    n_launch = 3000
+    t0 = time.perf_counter()
+    for _ in range(n_launch):
+        r1((x1.data_ptr(),), y1.data_ptr())
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    ours_us = (t1 - t0) / n_launch * 1e6
+    t0 = time.perf_counter()
+    for _ in range(n_launch):
+        be.launch(r1.fn, (1, 1, 1), (256, 1, 1), r1.args, 0, 0)
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    raw_us = (t1 - t0) / n_launch * 1e6
+    t0 = time.perf_counter()
+    for _ in range(n_launch):
+        F.leaky_relu(x1, 0.01)
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    torch_us = (t1 - t0) / n_launch * 1e6
+    launch = {"runner_call_us": ours_us, "cuLaunchKernel_us": raw_us, "torch_leaky_relu_us": torch_us}
+    print(f"launch overhead (host, eager): Runner.__call__ {ours_us:.2f} us, bare cuLaunchKernel "
+          f"{raw_us:.2f} us, torch F.leaky_relu {torch_us:.2f} us")
+
+    # ---- LeakyReLU ---------------------------------------------------------------------------------
+    sizes = [1 << 20, 1 << 24] if args.quick else [1 << 20, 1 << 24, 1 << 26, 1 << 28]
+    for n in sizes:
+        runner = leaky_relu.Runner(be, n, np.float32, 0.01)
+        goal = "never slower than torch" + ("; >=95% copy" if n >= 1 << 24 else "")
+        b.case(f"leaky_relu {n >> 20}M", (n,), torch.float32, lambda n=n: randn((n,), torch.float32),
+               lambda x, y, st, r=runner: r((x.data_ptr(),), y.data_ptr(), st),
+               lambda x: F.leaky_relu(x, 0.01), lambda x: F.leaky_relu(x.double(), 0.01),
+               "F.leaky_relu", goal)
+    n = 1 << 26 if not args.quick else 1 << 22
+    rh = leaky_relu.Runner(be, n, np.float16, 0.01)
+    b.case(f"leaky_relu {n >> 20}M fp16", (n,), torch.float16, lambda: randn((n,), torch.float16),
+           lambda x, y, st: rh((x.data_ptr(),), y.data_ptr(), st),
+           lambda x: F.leaky_relu(x, 0.01), lambda x: F.leaky_relu(x.double(), 0.01), "F.leaky_relu", "info")
+    # grid-cap sweep (informs WAVES): same 64M fp32 case, several caps
+    n = 1 << 26 if not args.quick else 1 << 22
+    for cap_name, cap in (("sms*4", be.num_sms * 4), ("sms*32", be.num_sms * 32), ("unbounded", 1 << 30)):
+        rc = leaky_relu.Runner(be, n, np.float32, 0.01, max_blocks=cap)
+        b.case(f"leaky_relu {n >> 20}M cap={cap_name}", (n,), torch.float32,
+               lambda n=n: randn((n,), torch.float32),
+               lambda x, y, st, r=rc: r((x.data_ptr(),), y.data_ptr(), st),
+               lambda x: F.leaky_relu(x, 0.01), lambda x: F.leaky_relu(x.double(), 0.01), "F.leaky_relu",
+               "info")
+
+    # ---- BatchNorm (+LeakyReLU) ------------------------------------------------------------------
+    bn_shapes = [(8, 64, 56, 56), (8, 512, 14, 14)] if args.quick else [(256, 64, 56, 56), (64, 512, 14, 14)]
+    for i, shape in enumerate(bn_shapes):
+        bench_bn(b, shape, caps=(i == 0 and not args.quick))
+
+    # ---- GroupNorm (+SiLU) -------------------------------------------------------------------------
+    shape = (16, 64, 56, 56) if args.quick else (256, 64, 56, 56)
+    G = 32
+    eps = 1e-5
+    gw = torch.rand(64, device="cuda") + 0.5
+    gb = torch.randn(64, device="cuda") * 0.3
+    gwn, gbn = gw.cpu().numpy(), gb.cpu().numpy()
+
+    def gn_ref(x: torch.Tensor, silu: bool) -> torch.Tensor:
+        y = F.group_norm(x.double(), G, gw.double(), gb.double(), eps)
+        return F.silu(y) if silu else y
+
+    tag = "x".join(map(str, shape))
+    for force in (None, "split"):
+        sfx = "" if force is None else " [split scheme]"
+        rg = group_norm.Runner(be, shape, np.float32, gwn, gbn, G, eps, force=force)
+        b.case(f"group_norm {tag} G={G}{sfx}", shape, torch.float32, lambda: randn(shape, torch.float32),
+               lambda x, y, st, r=rg: r((x.data_ptr(),), y.data_ptr(), st),
+               lambda x: F.group_norm(x, G, gw, gb, eps), lambda x: gn_ref(x, False), "F.group_norm",
+               ">=2x torch" if force is None else "info")
+        rgs = group_norm.Runner(be, shape, np.float32, gwn, gbn, G, eps, "SiLU", force=force)
+        b.case(f"group_norm+silu {tag} G={G}{sfx}", shape, torch.float32, lambda: randn(shape, torch.float32),
+               lambda x, y, st, r=rgs: r((x.data_ptr(),), y.data_ptr(), st),
+               lambda x: F.silu(F.group_norm(x, G, gw, gb, eps)), lambda x: gn_ref(x, True),
+               "F.group_norm+F.silu", ">=2x torch" if force is None else "info")
+    rgh = group_norm.Runner(be, shape, np.float16, gwn, gbn, G, eps, "SiLU")
+    b.case(f"group_norm+silu {tag} G={G} fp16", shape, torch.float16, lambda: randn(shape, torch.float16),
+           lambda x, y, st: rgh((x.data_ptr(),), y.data_ptr(), st),
+           lambda x: F.silu(F.group_norm(x, G, gw.half(), gb.half(), eps)), lambda x: gn_ref(x, True),
+           "F.group_norm+F.silu (fp16)", "info")
+
+    # ---- summary -----------------------------------------------------------------------------------
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "bench.json"), "w") as f:
+            json.dump({"date": DATE, "device": props.name, "sms": be.num_sms, "l2_bytes": be.l2_bytes,
+                       "arch": be.arch, "torch": torch.__version__, "launch": launch,
+                       "rows": b.rows, "utc": datetime.datetime.now(datetime.timezone.utc).isoformat()},
+                      f, indent=1)
+    print(f"\nSUMMARY {DATE} {props.name} (median ms; %copy = our bytes/s over a device copy of the same "
+          "bytes)")
+    hdr = f"{'case':52s} {'torch':>8s} {'ours':>8s} {'speedup':>7s} {'GB/s':>6s} {'%copy':>6s} {'SNR dB':>7s} ok"
+    print(hdr)
+    for r in b.rows:
+        print(f"{r['case'][:52]:52s} {r['torch_ms']:8.4f} {r['ours_ms']:8.4f} {r['speedup']:7.2f} "
+              f"{r['ours_gbs']:6.0f} {r['pct_copy']:6.1f} {r['snr_db']:7.1f} {'Y' if r['finite'] else 'N'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
