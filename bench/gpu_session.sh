@@ -18,6 +18,12 @@ done
 cd "$REPO"
 python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/proj . 2>&1 | tail -2
 export PYTHONPATH=/tmp/proj
+# fuser/__init__ imports onnx-graphsurgeon, which the GPU machine lacks: carry its wheel in .whl/
+# (python3 -m pip download --no-deps -d .whl onnx-graphsurgeon==0.6.1) and name .whl in carry.
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>&1 | tail -2
+    export PYTHONPATH=/tmp/proj:/tmp/site
+fi
 export ONNX_FUSE_CACHE_DIR=/tmp/onnx-fuse-cache
 {
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem --format=csv
