@@ -12,7 +12,7 @@ import onnx
 
 from .errors import InputError, VerificationError
 from .fused import FusionRecord
-from .io import load_model, save_model_atomic, sha256_file
+from .io import approx_size, load_model, save_model_atomic, sha256_file
 from .pipeline import default_opset, run_pipeline
 from .report import build_report, op_counts, write_json
 from .verify import Verification, make_inputs, verify
@@ -100,7 +100,7 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
         ops_after=op_counts(res.model), pass_counts=res.pass_counts, timings=timings,
         input_path=str(in_path) if in_path else "<memory>",
         input_sha256=sha256_file(in_path) if in_path else "",
-        input_bytes=in_path.stat().st_size if in_path else proto.ByteSize(),
+        input_bytes=in_path.stat().st_size if in_path else approx_size(proto),
         output_path=str(output) if output is not None else None,
     )
     failure: VerificationError | None = None
@@ -128,7 +128,7 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
         result.output_bytes = Path(output).stat().st_size
         timings["write"] = time.perf_counter() - t3
     else:
-        result.output_bytes = res.model.ByteSize()
+        result.output_bytes = approx_size(res.model)
     timings["total"] = time.perf_counter() - t0
     result.report = build_report(result, {
         "target": target, "skip": list(skip), "verify": verify_result, "rtol": rtol, "atol": atol,

@@ -17,22 +17,11 @@ import io
 import logging
 import os
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
 gs.logger.severity = 40  # errors only: folding warnings would flood the user's terminal
-
-
-def name_nodes(model: onnx.ModelProto) -> None:
-    taken = {n.name for n in model.graph.node if n.name}
-    for i, n in enumerate(model.graph.node):
-        if not n.name:
-            base = f"{n.op_type}_{i}"
-            name, k = base, 1
-            while name in taken:
-                name, k = f"{base}_{k}", k + 1
-            n.name = name
-            taken.add(name)
 
 
 @contextlib.contextmanager
@@ -64,20 +53,82 @@ def fold_constants(graph: gs.Graph) -> gs.Graph:
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Shape inference that never fails the run: a model onnx cannot infer keeps what it has."""
     try:
-        if model.ByteSize() < 2**31 - 1:
-            return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception:
-        pass
-    return model
+        return model
+
+
+_SMALL = 4096  # constants up to this many elements travel with their values (Reshape targets, axes…)
+
+
+def infer_into(graph: gs.Graph, opset_imports: list, functions: list) -> None:
+    """Infer shapes/dtypes of ``graph``'s variables in place.
+
+    Inference runs on a light copy: large constants are declared as typed graph inputs instead of
+    carrying their data, so a 100 MB model infers in milliseconds, not seconds of serialisation.
+    """
+    from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+    from onnx_graphsurgeon.importers.onnx_importer import get_onnx_tensor_dtype, get_onnx_tensor_shape
+
+    tensors = graph.tensors()
+    inputs = [OnnxExporter.export_value_info_proto(t, do_type_check=False) for t in graph.inputs]
+    inits = []
+    for t in tensors.values():
+        if isinstance(t, gs.Constant):
+            if t.values.size <= _SMALL:
+                inits.append(OnnxExporter.export_tensor_proto(t))
+            else:
+                inputs.append(onnx.helper.make_tensor_value_info(
+                    t.name, onnx.helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype)), list(t.shape)))
+    light = onnx.helper.make_model(
+        onnx.helper.make_graph([OnnxExporter.export_node(n) for n in graph.nodes], graph.name or "g", inputs,
+                               [OnnxExporter.export_value_info_proto(t, do_type_check=False) for t in graph.outputs],
+                               inits),
+        opset_imports=opset_imports, functions=functions, ir_version=8)
+    inferred = infer_shapes(light)
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+        t = tensors.get(vi.name)
+        if isinstance(t, gs.Variable) and vi.type.HasField("tensor_type"):
+            shape = get_onnx_tensor_shape(vi)
+            dtype = get_onnx_tensor_dtype(vi)
+            if t.shape is None and shape is not None:
+                t.shape = shape
+            if t.dtype is None and dtype is not None:
+                t.dtype = dtype
 
 
 def normalize(model: onnx.ModelProto) -> gs.Graph:
-    """Return a graphsurgeon graph of ``model`` with constants folded and shapes inferred."""
-    name_nodes(model)
+    """Return a graphsurgeon graph of ``model`` with names given, constants folded and shapes inferred."""
     graph = gs.import_onnx(model)
-    graph = fold_constants(graph)
-    exported = gs.export_onnx(graph, do_type_check=False)
-    # internal copy only: at IR<4 onnx infers initializer types from graph inputs, which gs dropped
-    exported.ir_version = max(exported.ir_version, 8)
-    shaped = infer_shapes(exported)
-    return gs.import_onnx(shaped)
+    name_graph_nodes(graph)
+    if has_foldable(graph):
+        graph = fold_constants(graph)
+    infer_into(graph, list(model.opset_import), list(model.functions))
+    return graph
+
+
+def name_graph_nodes(graph: gs.Graph) -> None:
+    """Deterministic ``<op_type>_<index>`` names for unnamed nodes (index in the original order)."""
+    taken = {n.name for n in graph.nodes if n.name}
+    for i, n in enumerate(graph.nodes):
+        if not n.name:
+            base = f"{n.op}_{i}"
+            name, k = base, 1
+            while name in taken:
+                name, k = f"{base}_{k}", k + 1
+            n.name = name
+            taken.add(name)
+
+
+def has_foldable(graph: gs.Graph) -> bool:
+    """Is there any node whose inputs are all constant (so constant folding has work to do)?"""
+    const: set[str] = {t.name for t in graph.tensors().values() if isinstance(t, gs.Constant)}
+    for n in graph.nodes:
+        if n.domain not in (None, "", "ai.onnx"):
+            continue
+        ins = [t for t in n.inputs if t.name]
+        if any(isinstance(v, gs.Graph) for v in n.attrs.values()) or n.op.startswith("Random"):
+            continue
+        if all(t.name in const for t in ins) and (ins or n.op == "Constant"):
+            return True
+    return False

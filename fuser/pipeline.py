@@ -8,7 +8,6 @@ metadata. Fused nodes get their provenance (doc_string, ``fuser.pattern``, ``fus
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import onnx
@@ -19,7 +18,7 @@ from fuser.passes import PASS_ORDER, pass_names
 from .context import PassContext, provenance_props
 from .errors import InputError
 from .fused import DOMAIN, DOMAIN_VERSION, FusionRecord
-from .normalize import name_nodes, normalize
+from .normalize import name_graph_nodes, normalize
 
 MAX_ROUNDS = 8
 
@@ -43,14 +42,15 @@ def run_pipeline(model: onnx.ModelProto, target: str = "hip", skip: tuple[str, .
     unknown = set(skip) - set(pass_names()) - {"cleanup"}
     if unknown:
         raise InputError(f"unknown pass {sorted(unknown)[0]!r}; passes: {', '.join(pass_names())}")
-    original = model
-    work = copy.deepcopy(model)
-    opset = default_opset(work)
+    original = model  # never mutated: graphsurgeon copies what it changes
+    opset = default_opset(model)
     if "normalize" in skip:
-        name_nodes(work)
-        graph = gs.import_onnx(work)
+        graph = gs.import_onnx(model)
+        name_graph_nodes(graph)
     else:
-        graph = normalize(work)
+        graph = normalize(model)
+    # graphsurgeon keeps a reference to the model's opset_import and appends to it on export: detach
+    graph.import_domains = [onnx.helper.make_opsetid(o.domain, o.version) for o in model.opset_import]
     ctx = PassContext(graph, opset)
     counts: dict[str, int] = {}
     rounds = 0
@@ -75,10 +75,14 @@ def run_pipeline(model: onnx.ModelProto, target: str = "hip", skip: tuple[str, .
 
 
 def finalize(graph: gs.Graph, ctx: PassContext, original: onnx.ModelProto) -> onnx.ModelProto:
-    m = gs.export_onnx(graph, do_type_check=False)
-    out = onnx.ModelProto()
-    out.CopyFrom(original)
-    out.graph.CopyFrom(m.graph)
+    out = gs.export_onnx(graph, do_type_check=False)
+    # model-level fields from the original (not CopyFrom(original): that would copy every weight)
+    for fld in ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(out, fld, getattr(original, fld))
+    del out.metadata_props[:]
+    out.metadata_props.extend(original.metadata_props)
+    del out.training_info[:]
+    out.training_info.extend(original.training_info)
     # graph-level declarations exactly as the original had them
     out.graph.name = original.graph.name
     out.graph.doc_string = original.graph.doc_string
