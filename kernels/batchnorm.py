@@ -80,7 +80,7 @@ fuser_batchnorm_f16(const fuser_half* __restrict__ x, fuser_half* __restrict__ y
 VARIANTS: list[str] = ["fuser_batchnorm_f32", "fuser_batchnorm_f16"]
 
 BLOCK = 256
-WAVES = 8                 # grid cap in blocks per SM (256-thread blocks: a full SM); grid-stride beyond
+MAX_GRID = 2 ** 31 - 1    # one-shot grid: measured 98% of copy on H200 vs 88% for 8 blocks/SM persistent
 PER_LANE = 4              # vectors a lane should get per piece (the four loads fuser_map keeps in flight)
 
 
@@ -132,7 +132,7 @@ def plan(shape: Sequence[int], itemsize: int, num_sms: int, max_blocks: int | No
         chunks = ceil_div(s, chunk_len)
     gpb = BLOCK // tpp
     items = planes * chunks
-    cap = max_blocks if max_blocks is not None else num_sms * WAVES
+    cap = max_blocks if max_blocks is not None else MAX_GRID
     blocks = max(1, min(ceil_div(items, gpb), cap))
     return {"planes": planes, "S": s, "C": c, "tpp": tpp, "tpp_log2": tpp.bit_length() - 1,
             "chunks": chunks, "chunk_len": chunk_len, "blocks": blocks}

@@ -53,7 +53,7 @@ template <typename T> struct fuser_vio<T, 1> {
 };
 
 // ---- fused: one block per group, group cached in registers, exact two-pass statistics ----
-template <typename T, int V, int NREG>
+template <typename T, int V, int NREG, int ACT>
 FUSER_INLINE void fuser_gn_fused_impl(const T* __restrict__ x, T* __restrict__ y,
                                       const float* __restrict__ gamma, const float* __restrict__ beta,
                                       int G, int Cg, int S, float eps, int act, float p0, float p1) {
@@ -97,10 +97,21 @@ FUSER_INLINE void fuser_gn_fused_impl(const T* __restrict__ x, T* __restrict__ y
             const float B = fmaf(-mean, A, beta[c]);
             float o[V];
 #pragma unroll
-            for (int k = 0; k < V; ++k) o[k] = fuser_activation(fmaf(cache[r][k], A, B), act, p0, p1);
+            for (int k = 0; k < V; ++k) o[k] = fuser_activation_t<ACT>(fmaf(cache[r][k], A, B), act, p0, p1);
             fuser_vio<T, V>::st(yg, i, o);
         }
     }
+}
+
+// The epilogue runs after the statistics, when this block has no loads left to hide it behind, so
+// the common activations (none, SiLU) are compiled in rather than switched per element.
+template <typename T, int V, int NREG>
+FUSER_INLINE void fuser_gn_fused(const T* __restrict__ x, T* __restrict__ y, const float* __restrict__ gamma,
+                                 const float* __restrict__ beta, int G, int Cg, int S, float eps, int act,
+                                 float p0, float p1) {
+    if (act == 0) fuser_gn_fused_impl<T, V, NREG, 0>(x, y, gamma, beta, G, Cg, S, eps, act, p0, p1);
+    else if (act == 8) fuser_gn_fused_impl<T, V, NREG, 8>(x, y, gamma, beta, G, Cg, S, eps, act, p0, p1);
+    else fuser_gn_fused_impl<T, V, NREG, -1>(x, y, gamma, beta, G, Cg, S, eps, act, p0, p1);
 }
 
 // ---- split, kernel 1: one Welford partial per (group, chunk) ----
@@ -112,17 +123,27 @@ FUSER_INLINE fuser_welford fuser_welford_segment(const T* __restrict__ x, fuser_
     fuser_i64 head = n, nv = 0;
     if (vec_ok) { head = fuser_head(x, n); nv = (n - head) / VEC; }
     const T* xb = x + head;
-    for (fuser_i64 i = threadIdx.x; i < nv; i += blockDim.x) {
-        float v[VEC];
-        io::ldv(xb, i, v);
-        // Summarise the vector (count, mean, M2) and merge it: one division per VEC elements.
-        float vs = 0.0f;
+    // Four guarded vector loads in flight per step (as in fuser_map), then the merges.
+    for (fuser_i64 i = threadIdx.x; i < nv; i += 4 * (fuser_i64)blockDim.x) {
+        float v[4][VEC];
 #pragma unroll
-        for (int k = 0; k < VEC; ++k) vs += v[k];
-        fuser_welford b; b.n = (float)VEC; b.mean = vs * (1.0f / VEC); b.m2 = 0.0f;
+        for (int u = 0; u < 4; ++u) {
+            const fuser_i64 iu = i + u * (fuser_i64)blockDim.x;
+            if (iu < nv) io::ldv(xb, iu, v[u]);
+        }
 #pragma unroll
-        for (int k = 0; k < VEC; ++k) { const float d = v[k] - b.mean; b.m2 = fmaf(d, d, b.m2); }
-        w = fuser_welford_merge(w, b);
+        for (int u = 0; u < 4; ++u) {
+            if (i + u * (fuser_i64)blockDim.x < nv) {
+                // Summarise the vector (count, mean, M2) and merge it: one division per VEC elements.
+                float vs = 0.0f;
+#pragma unroll
+                for (int k = 0; k < VEC; ++k) vs += v[u][k];
+                fuser_welford b; b.n = (float)VEC; b.mean = vs * (1.0f / VEC); b.m2 = 0.0f;
+#pragma unroll
+                for (int k = 0; k < VEC; ++k) { const float d = v[u][k] - b.mean; b.m2 = fmaf(d, d, b.m2); }
+                w = fuser_welford_merge(w, b);
+            }
+        }
     }
     const fuser_i64 tail0 = head + nv * VEC;
     const fuser_i64 ns = head + (n - tail0);
@@ -194,7 +215,7 @@ FUSER_INLINE void fuser_gn_apply_impl(const T* __restrict__ x, T* __restrict__ y
     FUSER_GLOBAL void __launch_bounds__(512)                                                          \
     NAME(const T* __restrict__ x, T* __restrict__ y, const float* __restrict__ gamma,                \
          const float* __restrict__ beta, int G, int Cg, int S, float eps, int act, float p0, float p1) { \
-        fuser_gn_fused_impl<T, V, NREG>(x, y, gamma, beta, G, Cg, S, eps, act, p0, p1);               \
+        fuser_gn_fused<T, V, NREG>(x, y, gamma, beta, G, Cg, S, eps, act, p0, p1);                    \
     }
 FUSER_GN_FUSED(fuser_group_norm_fused_f32_v, float, 4, 8)
 FUSER_GN_FUSED(fuser_group_norm_fused_f32_s, float, 1, 32)
@@ -233,7 +254,8 @@ FUSED_THREADS = (128, 256, 512)
 FUSED_MAX = FUSED_THREADS[-1] * CACHE_PER_THREAD    # 16384 elements per group
 SPLIT_BLOCK = 256
 SPLIT_MIN_CHUNK = 4096       # elements: a 256-thread block should get a few vectors per thread
-WAVES = 8
+WAVES = 8                    # split scheme: aim for this many blocks per SM when choosing chunks
+MAX_GRID = 2 ** 31 - 1
 
 
 def reference(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, num_groups: int, epsilon: float,
@@ -286,7 +308,7 @@ def plan(shape: Sequence[int], num_groups: int, itemsize: int, num_sms: int,
     chunk_len = ceil_div(ceil_div(m, chunks), vec) * vec
     chunks = ceil_div(m, chunk_len)
     items = groups * chunks
-    blocks = max(1, min(items, num_sms * WAVES * 4))
+    blocks = max(1, min(items, MAX_GRID))
     return {"scheme": "split", "groups": groups, "G": num_groups, "Cg": cg, "S": s, "M": m,
             "threads": SPLIT_BLOCK, "chunks": chunks, "chunk_len": chunk_len, "blocks": blocks}
 

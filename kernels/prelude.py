@@ -175,11 +175,31 @@ FUSER_INLINE void fuser_map(const T* __restrict__ x, T* __restrict__ y, fuser_i6
     }
 }
 
+// Reciprocal on the special-function unit (about 1 ulp). IEEE fp32 division is a ~10-instruction
+// sequence; with it a SiLU epilogue made the fused GroupNorm compute-bound (BENCHMARKS.md).
+FUSER_INLINE float fuser_rcp(float x) { return __fdividef(1.0f, x); }
+
+// fuser_activation with Sigmoid/SiLU on the fast reciprocal; everything else unchanged.
+// Large negative y: __expf(-y) = inf, rcp(inf) = 0, SiLU -> -0, the correct limit.
+FUSER_INLINE float fuser_activation_fast(float y, int act, float a, float b) {
+    if (act == 8) return y * fuser_rcp(1.0f + __expf(-y));   // SiLU
+    if (act == 4) return fuser_rcp(1.0f + __expf(-y));       // Sigmoid
+    return fuser_activation(y, act, a, b);
+}
+
+// Compile-time activation for hot epilogues (ACT = -1: decided at run time by `act`).
+template <int ACT>
+FUSER_INLINE float fuser_activation_t(float y, int act, float a, float b) {
+    if (ACT == 0) return y;
+    if (ACT == 8) return y * fuser_rcp(1.0f + __expf(-y));
+    return fuser_activation_fast(y, act, a, b);
+}
+
 // y = act(x * A + B): the per-channel affine epilogue shared by BN and GroupNorm.
 struct fuser_affine_act {
     float A, B, p0, p1;
     int act;
-    FUSER_INLINE float operator()(float v) const { return fuser_activation(fmaf(v, A, B), act, p0, p1); }
+    FUSER_INLINE float operator()(float v) const { return fuser_activation_fast(fmaf(v, A, B), act, p0, p1); }
 };
 
 // Block-wide sum, result in every thread. `smem` holds >= 32 floats; blockDim.x % FUSER_WARP_SIZE == 0.

@@ -262,3 +262,26 @@ def test_run_helpers_use_library_allocations(be) -> None:
     check(batchnorm.run(be, x, sc, sh, "Tanh"), batchnorm.reference(x, sc, sh, "Tanh"), np.float32)
     g, b = _gn_params(4, 31)
     check(group_norm.run(be, x, g, b, 2, 1e-5), group_norm.reference(x, g, b, 2, 1e-5), np.float32)
+
+
+@pytest.mark.parametrize("act", ["SiLU", "Sigmoid"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_fast_sigmoid_family_extremes(be, act: str, dtype: type) -> None:
+    """The fast-reciprocal Sigmoid/SiLU stay finite and right far into both tails."""
+    x = np.linspace(-120.0, 120.0, 4 * 2001, dtype=np.float32).reshape(1, 4, 2001).astype(dtype)
+    sc, sh = np.ones(4, np.float32), np.zeros(4, np.float32)
+    d = Dev(x, 0, 0)
+    batchnorm.Runner(be, x.shape, dtype, sc, sh, act)((d.x,), d.y)
+    got = d.result()
+    want = batchnorm.reference(x, sc, sh, act)
+    check(got, want, dtype)
+    np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=2e-3 if dtype is np.float16
+                               else 2e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("vpt", [1, 2, 3])
+def test_leaky_relu_vectors_per_thread(be, vpt: int) -> None:
+    x = rnd((3 * 4097 + 1,), seed_of("vpt", vpt), np.float32)
+    d = Dev(x, 1, 1)
+    leaky_relu.Runner(be, x.size, np.float32, 0.25, vectors_per_thread=vpt)((d.x,), d.y)
+    np.testing.assert_array_equal(d.result(), leaky_relu.reference(x, 0.25))

@@ -209,3 +209,12 @@ def test_kernel_args_exact_widths() -> None:
     assert ctypes.c_uint64.from_address(ptrs[0]).value == 0xDEAD_BEEF_0000_0010
     with pytest.raises(TypeError):
         a.set(1, 2, 3)
+
+
+def test_leaky_relu_grid_rule() -> None:
+    # Large tensors: 4 vectors per thread, one-shot grid; small ones: fewer per thread, >= 8 blocks/SM.
+    assert leaky_relu.grid_blocks(1 << 26, 4, 132) == (1 << 24) // (256 * 4)
+    assert leaky_relu.grid_blocks(1 << 20, 4, 132) == (1 << 18) // 256
+    assert leaky_relu.grid_blocks(1, 4, 132) == 1
+    assert leaky_relu.grid_blocks(1 << 26, 2, 132, max_blocks=7) == 7
+    assert leaky_relu.grid_blocks(1 << 20, 4, 132, vectors_per_thread=2) == (1 << 18) // 512
