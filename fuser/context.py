@@ -33,6 +33,8 @@ class PassContext:
         """Replace ``sources`` by one fused node producing ``output`` (the last source's output)."""
         source_names = [n.name for n in sources]
         self.retire(sources)
+        if len(source_names) == 1:  # one node replaced by one: the replacement keeps its name
+            self.names.release(source_names[0])
         name = self.names.fresh("+".join(source_names))
         attrs = dict(attrs)
         attrs.setdefault("kernel", ftype.kernel)

@@ -62,7 +62,8 @@ class NameScope:
     """Deterministic unique names within one graph."""
 
     def __init__(self, graph: gs.Graph) -> None:
-        self.taken: set[str] = set(graph.tensors().keys()) | {n.name for n in graph.nodes}
+        self.tensor_names: set[str] = set(graph.tensors().keys())
+        self.taken: set[str] = self.tensor_names | {n.name for n in graph.nodes}
 
     def fresh(self, base: str) -> str:
         name, k = base, 1
@@ -72,5 +73,15 @@ class NameScope:
         self.taken.add(name)
         return name
 
+    def release(self, name: str) -> None:
+        """``name`` belonged to a node that is being replaced: its replacement may take it over (node names
+        and tensor names live in separate ONNX namespaces, so a tensor of that name keeps it taken)."""
+        if name not in self.tensor_names:
+            self.taken.discard(name)
+
     def constant(self, base: str, values: np.ndarray) -> gs.Constant:
-        return gs.Constant(self.fresh(base), np.ascontiguousarray(values))
+        name = self.fresh(base)
+        self.tensor_names.add(name)
+        values = np.asarray(values)
+        # np.ascontiguousarray would turn a 0-d array (a Clip bound) into shape [1]
+        return gs.Constant(name, np.ascontiguousarray(values).reshape(values.shape))

@@ -102,9 +102,27 @@ def normalize(model: onnx.ModelProto) -> gs.Graph:
     graph = gs.import_onnx(model)
     name_graph_nodes(graph)
     if has_foldable(graph):
+        detach_attribute_tensors(graph)
         graph = fold_constants(graph)
     infer_into(graph, list(model.opset_import), list(model.functions))
     return graph
+
+
+def detach_attribute_tensors(graph: gs.Graph) -> None:
+    """Give tensor-valued attributes (a Constant node's ``value``) their own copy of the TensorProto.
+
+    graphsurgeon exports a lazily loaded constant by renaming the TensorProto it came from to the tensor's
+    name; once folding has turned ``Constant(value=t) → y`` into the constant ``y``, that would rename ``t``
+    inside the caller's model. Initializers need no copy: their proto already has the tensor's name.
+    """
+    from onnx_graphsurgeon.ir.tensor import LazyValues
+
+    for n in graph.nodes:
+        for v in n.attrs.values():
+            if isinstance(v, gs.Constant) and isinstance(v._values, LazyValues):
+                t = onnx.TensorProto()
+                t.CopyFrom(v._values.tensor)
+                v._values = LazyValues(t)
 
 
 def name_graph_nodes(graph: gs.Graph) -> None:

@@ -4,6 +4,8 @@ Model-level facts are restored from the original after graphsurgeon's export: ir
 opset imports (plus ``fuser`` v1 when fused nodes exist), producer, metadata, doc strings, graph
 input/output declarations (names, dtypes, symbolic dims) and each surviving node's doc string and
 metadata. Fused nodes get their provenance (doc_string, ``fuser.pattern``, ``fuser.source_nodes``).
+From IR 4 on, an initializer that is also a graph input is a default the caller may override: the passes
+see it as the graph input it is (nothing folds into it) and it comes back unchanged.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from fuser.passes import PASS_ORDER, pass_names
 
 from .context import PassContext, provenance_props
 from .errors import InputError
-from .fused import DOMAIN, DOMAIN_VERSION, FusionRecord
+from .fused import DOMAIN, DOMAIN_VERSION, FusionRecord, parse_op_type
 from .normalize import name_graph_nodes, normalize
 
 MAX_ROUNDS = 8
@@ -44,6 +46,11 @@ def run_pipeline(model: onnx.ModelProto, target: str = "hip", skip: tuple[str, .
         raise InputError(f"unknown pass {sorted(unknown)[0]!r}; passes: {', '.join(pass_names())}")
     original = model  # never mutated: graphsurgeon copies what it changes
     opset = default_opset(model)
+    if _overridable(model):  # rare: work on a copy without them, so the passes see plain graph inputs
+        work = onnx.ModelProto()
+        work.CopyFrom(model)
+        _drop_overridable_initializers(work)
+        model = work
     if "normalize" in skip:
         graph = gs.import_onnx(model)
         name_graph_nodes(graph)
@@ -88,6 +95,7 @@ def finalize(graph: gs.Graph, ctx: PassContext, original: onnx.ModelProto) -> on
     out.graph.doc_string = original.graph.doc_string
     _restore_io(out.graph.input, original.graph.input)
     _restore_io(out.graph.output, original.graph.output)
+    _restore_overridable_initializers(out, original)
     if original.ir_version < 4:
         # IR<4 requires every initializer to be listed among the graph inputs
         listed = {i.name for i in out.graph.input}
@@ -117,13 +125,40 @@ def finalize(graph: gs.Graph, ctx: PassContext, original: onnx.ModelProto) -> on
     if used:
         out.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
         for op_type in sorted(used):
-            out.functions.append(ctx.fused_types[op_type].function(ctx.opset))
+            # fused nodes of an earlier run (a fused model fed back in) are not in ctx.fused_types
+            ftype = ctx.fused_types.get(op_type) or parse_op_type(op_type)
+            if ftype is not None:
+                out.functions.append(ftype.function(ctx.opset))
     # keep functions of ours that survived from an earlier run (idempotence on fused models)
     have = {f.name for f in out.functions if f.domain == DOMAIN}
     for f in original.functions:
         if f.domain == DOMAIN and f.name in used and f.name not in have:
             out.functions.append(f)
     return out
+
+
+def _overridable(model: onnx.ModelProto) -> set[str]:
+    """From IR 4 on, an initializer that is also a graph input is a default the caller may override: not a
+    constant (IR < 4 lists every initializer as an input; there they are weights)."""
+    if model.ir_version < 4:
+        return set()
+    declared = {i.name for i in model.graph.input}
+    return {t.name for t in model.graph.initializer if t.name in declared}
+
+
+def _drop_overridable_initializers(work: onnx.ModelProto) -> None:
+    """The passes see overridable initializers as the graph inputs they are (nothing folds into them)."""
+    names = _overridable(work)
+    if names:
+        keep = [t for t in work.graph.initializer if t.name not in names]
+        del work.graph.initializer[:]
+        work.graph.initializer.extend(keep)
+
+
+def _restore_overridable_initializers(out: onnx.ModelProto, original: onnx.ModelProto) -> None:
+    names = _overridable(original) & {i.name for i in out.graph.input}
+    have = {t.name for t in out.graph.initializer}
+    out.graph.initializer.extend(t for t in original.graph.initializer if t.name in names and t.name not in have)
 
 
 def _restore_io(new, old) -> None:

@@ -9,8 +9,9 @@ Act is Relu, LeakyRelu, Clip with constant bounds (ReLU6), Sigmoid, HardSigmoid,
 SiLU diamond x·Sigmoid(x). Runs after fold_bn/fold_affine, so a Conv+BN+Act chain arrives here as
 Conv+Act with BN already in the weights.
 
-Guards: y (and s) have one consumer and are not graph outputs; W and B are constants; the Add has
-exactly two inputs and R has the same static shape as y (a broadcasting Add is not a residual).
+Guards: y (and s) have one consumer (or exactly the SiLU diamond's two) and are not graph outputs; W and B
+are constants; the Add has exactly two inputs and R has the same static shape as y (a broadcasting Add is
+not a residual).
 
 Rewrite: ``fuser::FusedConv[Add]<Act>(X, W, B[, R][, clip_min, clip_max])`` carrying the Conv's
 attributes and the activation's parameters; a missing bias becomes an explicit zero bias (the kernel
@@ -25,7 +26,7 @@ import onnx_graphsurgeon as gs
 from fuser.activation_match import ActivationMatch, match_activation_after
 from fuser.context import PassContext
 from fuser.fused import CONV_ATTRS, FusedOpType, clip_bounds_as_inputs
-from fuser.graph import const_value, input_at, single_use_intermediate
+from fuser.graph import const_value, input_at
 
 NAME = "conv_activation"
 
@@ -66,7 +67,7 @@ def _match_residual(graph: gs.Graph, y: gs.Tensor) -> tuple[tuple[gs.Node, gs.Te
     s = add.outputs[0]
     if r is y or not _same_static_shape(y, r) or not _same_static_shape(y, s):
         return None, y
-    if not single_use_intermediate(graph, s):
+    if s in graph.outputs or not s.outputs:  # one consumer, or the SiLU diamond's two (the matcher checks)
         return None, y
     return (add, r), s
 

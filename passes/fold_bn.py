@@ -12,10 +12,12 @@ y·s + t, so it folds into the weights: each output channel's filter times s, it
 Guards (no rewrite when any fails):
 - y has exactly one consumer (the BN) and is not a graph output;
 - W, B and all four BN parameters are constants (initializers), not graph inputs;
-- the BN is in inference mode (no training_mode=1, no extra outputs used; ``spatial=0`` of opset < 9 is
-  refused);
+- the BN is in inference mode: no training_mode=1 and no extra outputs declared (before opset 14 a BN
+  that declares its mean/var outputs is in training mode, used or not); ``spatial=0`` of opset < 9 is
+  refused;
 - the channel counts agree (Conv: W.shape[0]; ConvTranspose: W.shape[1]·group; Gemm/MatMul: F);
-- for MatMul, W is 2-D and the BN input is 2-D with its feature axis last.
+- for MatMul, W is 2-D and the BN input is 2-D with its feature axis last; an Add's constant bias
+  broadcasts along that axis only (shape [F], [1, F], … — never [F, 1]).
 
 Rewrite: new weight/bias constants (shared weights are cloned, never mutated in place), cast back to
 the weight's dtype; the BN disappears (for a bias-less MatMul it becomes an Add of t).
@@ -35,6 +37,8 @@ NAME = "fold_bn"
 def bn_scale_shift(bn: gs.Node) -> tuple[np.ndarray, np.ndarray] | None:
     """(s, t) in float64 for an inference BN with constant parameters, else None."""
     if bn.attrs.get("training_mode", 0) or bn.attrs.get("spatial", 1) != 1:
+        return None
+    if len([o for o in bn.outputs if o.name]) > 1:  # mean/var outputs declared: training mode (opset < 14)
         return None
     params = [const_value(input_at(bn, i)) for i in range(1, 5)]
     if any(p is None for p in params):
@@ -173,6 +177,8 @@ def _fold_matmul_chain(ctx: PassContext, y: gs.Tensor, bn: gs.Node, s: np.ndarra
         cur = next((i for i in add.inputs if const_value(i) is None), None)
         bias = next((const_value(i) for i in add.inputs if const_value(i) is not None), None)
         if cur is None or bias is None or bias.size not in (1, s.size) or not single_use_intermediate(graph, cur):
+            return False
+        if any(d != 1 for d in bias.shape[:-1]):  # [F, 1] would broadcast along the rows, not the features
             return False
         node = producer(cur)
     if node is None or node.op != "MatMul":

@@ -7,8 +7,10 @@ Matches (what fold_bn left: pre-activation BN→ReLU→Conv as in DenseNet, BN a
 The per-channel constant Mul/Add chain after the BN (Caffe2's Scale layer, as in the onnx package's
 light densenet121) is absorbed into the same affine map.
 
-Guards: inference-mode BN with constant parameters and no extra outputs; X's rank known (≥ 2);
-each intermediate has one consumer and is not a graph output; every absorbed constant is per-channel.
+Guards: inference-mode BN with constant parameters and no extra outputs (declared mean/var outputs
+mean training mode before opset 14, see fold_bn); X's rank known (≥ 2); each intermediate has one
+consumer (the last may have the SiLU diamond's two) and is not a graph output; every absorbed constant
+is per-channel.
 
 Rewrite: scale = γ/sqrt(σ²+ε)·∏c, shift = (β − μ·γ/sqrt(σ²+ε))·… computed once in float64 (the seed
 report's parameter fusion) and stored as [C, 1, …, 1] constants that broadcast in the function body;
@@ -64,7 +66,7 @@ def run(ctx: PassContext) -> int:
                 shift = shift + (vec if nxt.op == "Add" else -vec)
             sources.append(nxt)
             out = nxt.outputs[0]
-        act = match_activation_after(graph, out, ctx.opset) if single_use_intermediate(graph, out) else None
+        act = match_activation_after(graph, out, ctx.opset)  # one consumer, or the SiLU diamond's two
         dtype = _dtype_of(bn)
         bshape = (scale.size,) + (1,) * (rank - 2)
         inputs: list[gs.Tensor] = [
