@@ -200,13 +200,17 @@ def bench_bn(b: Bench, shape: tuple[int, ...], caps: bool, eps: float = 1e-5) ->
            lambda x, y, st: rbl((x.data_ptr(),), y.data_ptr(), st),
            lambda x: F.leaky_relu(torch_bn(x), 0.1), lambda x: bn_ref(x, True),
            "F.batch_norm(eval)+F.leaky_relu", ">=90% copy")
-    if not caps:
-        return
-    for cap_name, cap in (("persistent sms*8", be.num_sms * 8),):
-        rcap = batchnorm.Runner(be, shape, np.float32, scale, shift, "LeakyRelu", alpha=0.1, max_blocks=cap)
-        b.case(f"batchnorm+leaky {tag} {cap_name}", shape, torch.float32,
+    # Launch-rule / kernel comparisons in the same run (run 2's defaults and alternatives).
+    variants: list[tuple[str, dict[str, Any]]] = [("generic act", {"specialize": False})]
+    if caps:
+        variants.append(("persistent sms*8", {"max_blocks": be.num_sms * 8}))
+    else:
+        variants += [("per_lane=2", {"per_lane": 2}), ("per_lane=8", {"per_lane": 8})]
+    for label, kw in variants:
+        rv = batchnorm.Runner(be, shape, np.float32, scale, shift, "LeakyRelu", alpha=0.1, **kw)
+        b.case(f"batchnorm+leaky {tag} {label}", shape, torch.float32,
                lambda: randn(shape, torch.float32),
-               lambda x, y, st, r=rcap: r((x.data_ptr(),), y.data_ptr(), st),
+               lambda x, y, st, r=rv: r((x.data_ptr(),), y.data_ptr(), st),
                lambda x: F.leaky_relu(torch_bn(x), 0.1), lambda x: bn_ref(x, True),
                "F.batch_norm(eval)+F.leaky_relu", "info")
 
@@ -268,11 +272,18 @@ def main() -> int:
     # Launch-rule comparison in the same run: run 1's persistent grid (8 blocks/SM, grid-stride) and
     # fixed vectors per thread, against the default rule above.
     n = 1 << 26 if not args.quick else 1 << 22
-    for label, kw in (("persistent sms*8", {"max_blocks": be.num_sms * 8}), ("vpt=1", {"vectors_per_thread": 1}),
-                      ("vpt=2", {"vectors_per_thread": 2})):
+    for label, kw in (("persistent sms*8", {"max_blocks": be.num_sms * 8}), ("vpt=4", {"vectors_per_thread": 4})):
         rc = leaky_relu.Runner(be, n, np.float32, 0.01, **kw)
         b.case(f"leaky_relu {n >> 20}M {label}", (n,), torch.float32,
                lambda n=n: randn((n,), torch.float32),
+               lambda x, y, st, r=rc: r((x.data_ptr(),), y.data_ptr(), st),
+               lambda x: F.leaky_relu(x, 0.01), lambda x: F.leaky_relu(x.double(), 0.01), "F.leaky_relu",
+               "info")
+
+    n = 1 << 20
+    for label, kw in (("vpt=2", {"vectors_per_thread": 2}), ("vpt=4", {"vectors_per_thread": 4})):
+        rc = leaky_relu.Runner(be, n, np.float32, 0.01, **kw)
+        b.case(f"leaky_relu 1M {label}", (n,), torch.float32, lambda: randn((n,), torch.float32),
                lambda x, y, st, r=rc: r((x.data_ptr(),), y.data_ptr(), st),
                lambda x: F.leaky_relu(x, 0.01), lambda x: F.leaky_relu(x.double(), 0.01), "F.leaky_relu",
                "info")

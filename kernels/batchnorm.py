@@ -36,7 +36,7 @@ from .backend import (
 NAME = "batchnorm"
 
 SOURCE = r"""
-template <typename T>
+template <typename T, int ACT>
 FUSER_INLINE void fuser_bn_impl(const T* __restrict__ x, T* __restrict__ y,
                                 const float* __restrict__ scale, const float* __restrict__ shift,
                                 fuser_i64 planes, fuser_i64 S, int C, int chunks, fuser_i64 chunk_len,
@@ -46,11 +46,12 @@ FUSER_INLINE void fuser_bn_impl(const T* __restrict__ x, T* __restrict__ y,
     const int group = threadIdx.x >> tpp_log2;
     const int lane = threadIdx.x & (tpp - 1);
     const fuser_i64 items = planes * chunks;
+    const bool small = (planes >> 32) == 0;           // 32-bit channel modulo (64-bit is a long call)
     for (fuser_i64 it = (fuser_i64)blockIdx.x * gpb + group; it < items; it += (fuser_i64)gridDim.x * gpb) {
         fuser_i64 p = it, k = 0;
         if (chunks > 1) { p = it / chunks; k = it - p * chunks; }
-        const int c = (int)(p % C);
-        fuser_affine_act op;
+        const int c = small ? (int)((fuser_u32)p % (fuser_u32)C) : (int)(p % C);
+        fuser_affine_act_t<ACT> op;
         op.A = scale[c]; op.B = shift[c]; op.act = act; op.p0 = p0; op.p1 = p1;
         const fuser_i64 s0 = k * chunk_len;
         fuser_i64 len = S - s0;
@@ -60,24 +61,33 @@ FUSER_INLINE void fuser_bn_impl(const T* __restrict__ x, T* __restrict__ y,
     }
 }
 
-FUSER_GLOBAL void __launch_bounds__(256)
-fuser_batchnorm_f32(const float* __restrict__ x, float* __restrict__ y, const float* __restrict__ scale,
-                    const float* __restrict__ shift, fuser_i64 planes, fuser_i64 S, int C, int chunks,
-                    fuser_i64 chunk_len, int tpp_log2, int vec_ok, int act, float p0, float p1) {
-    fuser_bn_impl<float>(x, y, scale, shift, planes, S, C, chunks, chunk_len, tpp_log2, vec_ok, act, p0, p1);
-}
-
-FUSER_GLOBAL void __launch_bounds__(256)
-fuser_batchnorm_f16(const fuser_half* __restrict__ x, fuser_half* __restrict__ y,
-                    const float* __restrict__ scale, const float* __restrict__ shift, fuser_i64 planes,
-                    fuser_i64 S, int C, int chunks, fuser_i64 chunk_len, int tpp_log2, int vec_ok, int act,
-                    float p0, float p1) {
-    fuser_bn_impl<fuser_half>(x, y, scale, shift, planes, S, C, chunks, chunk_len, tpp_log2, vec_ok, act,
-                              p0, p1);
-}
+// One entry point per dtype for any activation (ACT=-1, switched at run time), plus entry points with
+// the common activations compiled in (no per-element switch, fewer registers).
+#define FUSER_BN_ENTRY(NAME, T, ACT)                                                                  \
+    FUSER_GLOBAL void __launch_bounds__(256)                                                          \
+    NAME(const T* __restrict__ x, T* __restrict__ y, const float* __restrict__ scale,                \
+         const float* __restrict__ shift, fuser_i64 planes, fuser_i64 S, int C, int chunks,          \
+         fuser_i64 chunk_len, int tpp_log2, int vec_ok, int act, float p0, float p1) {                \
+        fuser_bn_impl<T, ACT>(x, y, scale, shift, planes, S, C, chunks, chunk_len, tpp_log2, vec_ok,  \
+                              act, p0, p1);                                                           \
+    }
+FUSER_BN_ENTRY(fuser_batchnorm_f32, float, -1)
+FUSER_BN_ENTRY(fuser_batchnorm_f32_none, float, 0)
+FUSER_BN_ENTRY(fuser_batchnorm_f32_relu, float, 1)
+FUSER_BN_ENTRY(fuser_batchnorm_f32_leaky, float, 2)
+FUSER_BN_ENTRY(fuser_batchnorm_f32_silu, float, 8)
+FUSER_BN_ENTRY(fuser_batchnorm_f16, fuser_half, -1)
+FUSER_BN_ENTRY(fuser_batchnorm_f16_none, fuser_half, 0)
+FUSER_BN_ENTRY(fuser_batchnorm_f16_relu, fuser_half, 1)
+FUSER_BN_ENTRY(fuser_batchnorm_f16_leaky, fuser_half, 2)
+FUSER_BN_ENTRY(fuser_batchnorm_f16_silu, fuser_half, 8)
 """
 
-VARIANTS: list[str] = ["fuser_batchnorm_f32", "fuser_batchnorm_f16"]
+# Activations with a compiled-in entry point (suffix); the rest use the run-time switch.
+SPECIALIZED: dict[str, str] = {"": "none", "Relu": "relu", "LeakyRelu": "leaky", "SiLU": "silu"}
+
+VARIANTS: list[str] = [f"fuser_batchnorm_{dt}{sfx}" for dt in ("f32", "f16")
+                       for sfx in ["", *(f"_{v}" for v in SPECIALIZED.values())]]
 
 BLOCK = 256
 MAX_GRID = 2 ** 31 - 1    # one-shot grid: measured 98% of copy on H200 vs 88% for 8 blocks/SM persistent
@@ -112,21 +122,23 @@ def reference(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, activation: s
     return y.astype(x.dtype)
 
 
-def plan(shape: Sequence[int], itemsize: int, num_sms: int, max_blocks: int | None = None) -> dict[str, int]:
-    """The launch rule: threads per plane, chunks per plane and grid for an input shape."""
+def plan(shape: Sequence[int], itemsize: int, num_sms: int, max_blocks: int | None = None,
+         per_lane: int = PER_LANE) -> dict[str, int]:
+    """The launch rule: threads per plane, chunks per plane and grid for an input shape. ``per_lane``:
+    vectors each lane should get (fewer lanes per plane when larger)."""
     n, c = int(shape[0]), int(shape[1])
     s = int(np.prod(shape[2:], dtype=np.int64)) if len(shape) > 2 else 1
     planes = n * c
     vec = 16 // itemsize
     nvp = max(1, ceil_div(s, vec))                       # vectors per plane
     tpp = 1
-    while tpp < BLOCK and tpp * PER_LANE < nvp:
+    while tpp < BLOCK and tpp * per_lane < nvp:
         tpp *= 2
     chunks, chunk_len = 1, max(1, s)
     target_lanes = num_sms * 2048                        # threads a full GPU keeps resident
-    if planes * tpp < target_lanes and nvp > tpp * PER_LANE:
+    if planes * tpp < target_lanes and nvp > tpp * per_lane:
         want = ceil_div(target_lanes, max(1, planes * tpp))
-        most = ceil_div(nvp, tpp * PER_LANE)             # keep >= PER_LANE vectors per lane per piece
+        most = ceil_div(nvp, tpp * per_lane)             # keep >= per_lane vectors per lane per piece
         chunks = max(1, min(want, most))
         chunk_len = ceil_div(ceil_div(s, chunks), vec) * vec   # pieces start on vector multiples
         chunks = ceil_div(s, chunk_len)
@@ -142,14 +154,15 @@ class Runner:
     """BN(+activation) apply on device buffers, built once per node.
 
     ``Runner(backend, shape, dtype, scale, shift, activation="", alpha=0.01, beta=0.0,
-    clip_min=-inf, clip_max=inf, max_blocks=None)`` uploads scale/shift (from ``fold_scale_shift``)
-    and loads the kernel; ``runner((x_ptr,), y_ptr, stream=0)`` launches asynchronously. Any element-
+    clip_min=-inf, clip_max=inf, max_blocks=None, specialize=True, per_lane=4)`` uploads scale/shift
+    (from ``fold_scale_shift``) and loads the kernel (the last three override the launch rule: tests,
+    benchmarks); ``runner((x_ptr,), y_ptr, stream=0)`` launches asynchronously. Any element-
     aligned pointers; in-place (x_ptr == y_ptr) is fine."""
 
     def __init__(self, backend: DeviceBackend, shape: Sequence[int], dtype: np.dtype | type | str,
                  scale: np.ndarray, shift: np.ndarray, activation: str = "", alpha: float = 0.01,
                  beta: float = 0.0, clip_min: float = float("-inf"), clip_max: float = float("inf"),
-                 max_blocks: int | None = None) -> None:
+                 max_blocks: int | None = None, specialize: bool = True, per_lane: int = PER_LANE) -> None:
         if not backend.is_device:
             raise TypeError("Runner needs a device backend; use run() for the cpu backend")
         if len(shape) < 2:
@@ -166,8 +179,12 @@ class Runner:
             raise ValueError(f"scale/shift must have C={self.shape[1]} elements")
         self._scale = backend.upload(sc)
         self._shift = backend.upload(sh)
-        self.plan = plan(self.shape, self.dtype.itemsize, backend.num_sms, max_blocks)
-        self.fn = backend.function(NAME, SOURCE, f"fuser_batchnorm_{dtype_suffix(self.dtype)}")
+        self.plan = plan(self.shape, self.dtype.itemsize, backend.num_sms, max_blocks, per_lane)
+        entry = f"fuser_batchnorm_{dtype_suffix(self.dtype)}"
+        if specialize and activation in SPECIALIZED:
+            entry += f"_{SPECIALIZED[activation]}"
+        self.entry = entry
+        self.fn = backend.function(NAME, SOURCE, entry)
         p0, p1 = activation_params(activation, alpha, beta, clip_min, clip_max)
         self._act = (ACTIVATION_CODES[activation], p0, p1)
         self.args = KernelArgs("pppplliiliiiff")

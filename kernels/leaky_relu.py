@@ -65,7 +65,7 @@ fuser_leaky_relu_f16(const fuser_half* __restrict__ x, fuser_half* __restrict__ 
 VARIANTS: list[str] = ["fuser_leaky_relu_f32", "fuser_leaky_relu_f16"]
 
 BLOCK = 256
-MAX_VPT = 4         # vectors per thread: the four loads fuser_map keeps in flight
+MAX_VPT = 2         # vectors per thread: measured on H200, 64M fp32: 2 -> 99.8% of copy, 4 -> 97.6%, 1 -> 91%
 MIN_BLOCKS_PER_SM = 8   # below this many blocks, give each thread fewer vectors (more threads in flight)
 MAX_GRID = 2 ** 31 - 1
 

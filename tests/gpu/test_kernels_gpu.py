@@ -285,3 +285,14 @@ def test_leaky_relu_vectors_per_thread(be, vpt: int) -> None:
     d = Dev(x, 1, 1)
     leaky_relu.Runner(be, x.size, np.float32, 0.25, vectors_per_thread=vpt)((d.x,), d.y)
     np.testing.assert_array_equal(d.result(), leaky_relu.reference(x, 0.25))
+
+
+@pytest.mark.parametrize("kw", [{"specialize": False}, {"per_lane": 1}, {"per_lane": 2}, {"per_lane": 8},
+                                {"max_blocks": 3}], ids=str)
+@pytest.mark.parametrize("shape", [(4, 16, 14, 14), (2, 3, 7, 7), (1, 2, 300001)], ids=lambda s: "x".join(map(str, s)))
+def test_batchnorm_launch_variants(be, kw: dict, shape: tuple[int, ...]) -> None:
+    x = rnd(shape, seed_of("bnv", shape, tuple(kw.items())), np.float32)
+    scale, shift = _bn_params(shape[1], 17)
+    d = Dev(x, 1, 1)
+    batchnorm.Runner(be, shape, np.float32, scale, shift, "LeakyRelu", alpha=0.1, **kw)((d.x,), d.y)
+    check(d.result(), batchnorm.reference(x, scale, shift, "LeakyRelu", alpha=0.1), np.float32)
