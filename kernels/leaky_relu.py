@@ -65,8 +65,8 @@ fuser_leaky_relu_f16(const fuser_half* __restrict__ x, fuser_half* __restrict__ 
 VARIANTS: list[str] = ["fuser_leaky_relu_f32", "fuser_leaky_relu_f16"]
 
 BLOCK = 256
-MAX_VPT = 2         # vectors per thread: measured on H200, 64M fp32: 2 -> 99.8% of copy, 4 -> 97.6%, 1 -> 91%
-MIN_BLOCKS_PER_SM = 8   # below this many blocks, give each thread fewer vectors (more threads in flight)
+MAX_VPT = 2         # vectors per thread. H200, 64M fp32: 2 -> 99.2-99.8% of copy, 4 -> 97.6-97.8%, 1 -> 91%;
+                    # 1M fp32: 2 or 4 -> 4.1 us, 1 -> 4.3-4.4 us (BENCHMARKS.md)
 MAX_GRID = 2 ** 31 - 1
 
 
@@ -79,14 +79,12 @@ def reference(x: np.ndarray, alpha: float) -> np.ndarray:
 def grid_blocks(numel: int, itemsize: int, num_sms: int, max_blocks: int | None = None,
                 vectors_per_thread: int | None = None) -> int:
     """Launch rule. Measured on H200 (BENCHMARKS.md): a one-shot grid (every thread MAX_VPT vectors,
-    no grid-stride iterations) reaches 98% of copy bandwidth where a persistent grid of 8 blocks/SM
-    reached 90%; small tensors get fewer vectors per thread so at least 8 blocks/SM are in flight.
-    The kernel still grid-strides, so ``max_blocks`` may cap the grid anywhere."""
+    no grid-stride iterations) reaches 99% of copy bandwidth where a persistent grid of 8 blocks/SM
+    reached 89%; giving small tensors fewer vectors per thread (more blocks) measured slower, so the
+    rule is the same at every size. The kernel still grid-strides, so ``max_blocks`` may cap the grid
+    anywhere. ``num_sms`` is kept in the signature for rules that need it."""
     nv = max(1, ceil_div(numel, 16 // itemsize))
     vpt = vectors_per_thread or MAX_VPT
-    if vectors_per_thread is None:
-        while vpt > 1 and ceil_div(nv, BLOCK * vpt) < num_sms * MIN_BLOCKS_PER_SM:
-            vpt //= 2
     blocks = ceil_div(nv, BLOCK * vpt)
     return max(1, min(blocks, max_blocks if max_blocks is not None else MAX_GRID))
 

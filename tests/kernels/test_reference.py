@@ -212,9 +212,9 @@ def test_kernel_args_exact_widths() -> None:
 
 
 def test_leaky_relu_grid_rule() -> None:
-    # Large tensors: MAX_VPT vectors per thread, one-shot grid; small ones: fewer, >= 8 blocks/SM.
+    # MAX_VPT vectors per thread, one-shot grid, at every size.
     assert leaky_relu.grid_blocks(1 << 26, 4, 132) == (1 << 24) // (256 * leaky_relu.MAX_VPT)
-    assert leaky_relu.grid_blocks(1 << 20, 4, 132) == (1 << 18) // 256
+    assert leaky_relu.grid_blocks(1 << 20, 4, 132) == (1 << 18) // (256 * leaky_relu.MAX_VPT)
     assert leaky_relu.grid_blocks(1, 4, 132) == 1
     assert leaky_relu.grid_blocks(1 << 26, 2, 132, max_blocks=7) == 7
     assert leaky_relu.grid_blocks(1 << 20, 4, 132, vectors_per_thread=2) == (1 << 18) // 512
