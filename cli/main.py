@@ -137,6 +137,82 @@ def fuse_cmd(model, output, target, skip, list_passes, no_verify, rtol, atol, in
         _print(result)
 
 
+@main.command("run")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--input", "inputs", multiple=True, metavar="NAME=FILE.npy", help="Input (else seeded random).")
+@click.option("--shape", "shapes", multiple=True, metavar="NAME:d0,d1,...", help="Shape for symbolic dims.")
+@click.option("--device", type=click.Choice(["auto", "hip", "cuda", "cpu"]), default="auto", show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Save the outputs to an .npz file.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def run_cmd(model, inputs, shapes, device, output, seed) -> None:
+    """Run a (fused) MODEL in the onnx-fuse runtime and summarise its outputs."""
+    try:
+        from fuser.io import load_model
+        from fuser.verify import make_inputs
+
+        proto = load_model(model)
+        feeds = make_inputs(proto, seed, dict(_parse_input(s) for s in inputs), dict(_parse_shape(s) for s in shapes))
+        sess = _session(proto, device)
+        outs = sess.run(None, feeds)
+    except Exception as e:  # noqa: BLE001
+        _fail(e)
+        return
+    click.echo(f"device {sess.device}: {sess.kernel_steps} kernel steps, "
+               f"{len(sess.steps) - sess.kernel_steps} onnxruntime islands")
+    for name, v in zip(sess.output_names, outs, strict=True):
+        finite = np.isfinite(v).all() if v.dtype.kind == "f" else True
+        click.echo(f"{name}: {v.dtype} {list(v.shape)} mean {float(np.mean(v)):.6g} "
+                   f"std {float(np.std(v)):.6g}{'' if finite else ' (non-finite values!)'}")
+    if output is not None:
+        np.savez(output, **dict(zip(sess.output_names, outs, strict=True)))
+
+
+def _session(proto, device: str):
+    from fuser.kernels.backend import BackendUnavailable
+
+    from fuser.runtime import Session
+
+    try:
+        return Session(proto, device=device)
+    except BackendUnavailable as e:
+        raise InputError(str(e)) from None
+
+
+@main.command("bench")
+@click.argument("original", type=click.Path(path_type=Path))
+@click.argument("fused", type=click.Path(path_type=Path))
+@click.option("--device", type=click.Choice(["auto", "hip", "cuda", "cpu"]), default="auto", show_default=True)
+@click.option("--warmup", type=int, default=10, show_default=True)
+@click.option("--iters", type=int, default=50, show_default=True)
+@click.option("--input", "inputs", multiple=True, metavar="NAME=FILE.npy")
+@click.option("--shape", "shapes", multiple=True, metavar="NAME:d0,d1,...")
+@click.option("--allow-tf32", is_flag=True, help="Let the baseline's CUDA EP use TF32 (default: fp32).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the result as JSON.")
+def bench_cmd(original, fused, device, warmup, iters, inputs, shapes, allow_tf32, json_path) -> None:
+    """Baseline (ORIGINAL in onnxruntime) vs current (FUSED in our runtime) on the same device."""
+    import json
+
+    try:
+        from fuser.kernels.backend import BackendUnavailable
+
+        from fuser.bench import bench
+        from fuser.io import load_model
+        from fuser.verify import make_inputs
+
+        orig, fz = load_model(original), load_model(fused)
+        feeds = make_inputs(orig, 0, dict(_parse_input(s) for s in inputs), dict(_parse_shape(s) for s in shapes))
+        try:
+            res = bench(orig, fz, device, warmup, iters, feeds, allow_tf32)
+        except BackendUnavailable as e:
+            raise InputError(str(e)) from None
+    except Exception as e:  # noqa: BLE001
+        _fail(e)
+        return
+    click.echo(res.block(Path(fused).name))
+    if json_path is not None:
+        json_path.write_text(json.dumps({"original": str(original), "fused": str(fused), **res.to_json()}, indent=1))
+
+
 @main.group("kernels")
 def kernels_group() -> None:
     """The bundled GPU kernel families: list them, or compile them all for one target (no GPU needed)."""

@@ -129,6 +129,11 @@ def run_kernel_reference(step: KernelStep, args: list[np.ndarray | None]) -> np.
         from .kernels import batchnorm
 
         return batchnorm.reference(args[0], args[1].reshape(-1), args[2].reshape(-1), **act)
+    if ft.base == "GroupNorm":  # inputs X, gamma[C], beta[C] (eps/group_shape inputs only feed the body)
+        from .kernels import group_norm
+
+        return group_norm.reference(args[0], args[1], args[2], int(a["num_groups"]), float(a.get("epsilon", 1e-5)),
+                                    act["activation"], float(act["alpha"]), float(act["beta"]))
     from .kernels import leaky_relu
 
     return leaky_relu.reference(args[0], float(a.get("alpha", 0.01)))
@@ -143,15 +148,17 @@ class Session:
 
             model = load_model(Path(model))
         self.model = model
-        self.device = self._select(device)
+        from .kernels.backend import select_backend
+
+        self.backend = select_backend(device)  # hip → cuda → cpu for "auto"; explicit ones must work
+        self.device = self.backend.name
         g = model.graph
         self.initializers = {t.name: t for t in g.initializer}
         self._const_cache: dict[str, np.ndarray] = {}
         self.input_names = [i.name for i in g.input if i.name not in self.initializers]
         self.output_names = [o.name for o in g.output]
-        is_kernel = lambda n: n.domain == DOMAIN and parse_op_type(n.op_type) is not None  # noqa: E731
         self.steps: list[KernelStep | IslandStep] = []
-        groups = schedule(list(g.node), is_kernel)
+        groups = schedule(list(g.node), self._is_kernel)
         needed_later: list[set[str]] = [set() for _ in groups]
         acc = set(self.output_names)
         for k in range(len(groups) - 1, -1, -1):
@@ -159,7 +166,7 @@ class Session:
             for n in groups[k]:
                 acc |= set(node_inputs(n))
         for k, nodes in enumerate(groups):
-            if len(nodes) == 1 and is_kernel(nodes[0]):
+            if len(nodes) == 1 and self._is_kernel(nodes[0]):
                 n = nodes[0]
                 self.steps.append(KernelStep(n, parse_op_type(n.op_type), _attrs(n)))
                 continue
@@ -171,14 +178,28 @@ class Session:
                         ins.append(x)
             outs = [o for n in nodes for o in n.output if o and o in needed_later[k]]
             self.steps.append(IslandStep(nodes, ins, outs))
+        self._device = None
+        if self.backend.is_device:
+            from .device_runtime import DeviceExecutor
 
-    @staticmethod
-    def _select(device: str) -> str:
-        if device not in ("auto", "cpu", "cuda", "hip"):
-            raise ValueError(f"unknown device {device!r} (auto, hip, cuda, cpu)")
-        if device in ("auto", "cpu"):
-            return "cpu"  # GPU backends are selected by fuser.kernels once they are available
-        raise RuntimeError(f"device {device!r} is not available in this runtime build")
+            self._device = DeviceExecutor(self, self.backend)
+
+    def _is_kernel(self, n: onnx.NodeProto) -> bool:
+        """A step of its own: a fused node we run (on a device: only where a device kernel exists)."""
+        if n.domain != DOMAIN:
+            return False
+        ftype = parse_op_type(n.op_type)
+        if ftype is None:
+            return False
+        if not self.backend.is_device:
+            return True
+        from .device_runtime import runs_on_device
+
+        return runs_on_device(n, ftype, self.initializers)
+
+    @property
+    def kernel_steps(self) -> int:
+        return sum(isinstance(s, KernelStep) for s in self.steps)
 
     # -- onnxruntime-like API -------------------------------------------------------------------
     def get_inputs(self) -> list[NodeArgInfo]:
@@ -191,6 +212,10 @@ class Session:
         missing = [n for n in self.input_names if n not in feeds]
         if missing:
             raise ValueError(f"missing input {missing[0]!r}")
+        if self._device is not None:
+            outs = self.run_device({k: self._device.to_device(v) for k, v in feeds.items()})
+            self._device.synchronize()
+            return [outs[n].numpy() for n in (output_names or self.output_names)]
         values: dict[str, np.ndarray] = dict(feeds)
         for step in self.steps:
             if isinstance(step, KernelStep):
@@ -200,7 +225,19 @@ class Session:
                 self._run_island(step, values)
         return [values[n] for n in (output_names or self.output_names)]
 
+    def run_device(self, feeds: dict) -> dict:
+        """Device run on device values (onnxruntime OrtValues); returns the outputs as OrtValues, after
+        work was queued on the session's stream (call ``synchronize()`` before reading them)."""
+        if self._device is None:
+            raise RuntimeError("run_device needs a GPU session (device cuda or hip)")
+        return self._device.run(feeds)
+
+    def synchronize(self) -> None:
+        if self._device is not None:
+            self._device.synchronize()
+
     # -- internals ------------------------------------------------------------------------------
+
     def _value(self, values: dict[str, np.ndarray], name: str) -> np.ndarray:
         if name in values:
             return values[name]
@@ -213,16 +250,20 @@ class Session:
         key = tuple((x, str(v.dtype)) for x, v in feeds.items())
         sess = step.sessions.get(key)
         if sess is None:
-            sess = step.sessions[key] = self._island_session(step, feeds)
+            types = {x: (v.dtype, list(v.shape)) for x, v in feeds.items()}
+            sess = step.sessions[key] = self.island_session(step, types, ["CPUExecutionProvider"])
         for name, v in zip(step.outputs, sess.run(step.outputs, feeds), strict=True):
             values[name] = v
 
-    def _island_session(self, step: IslandStep, feeds: dict[str, np.ndarray]):
+    def island_session(self, step: IslandStep, types: dict[str, tuple[np.dtype, list[int]]], providers: list):
+        """An onnxruntime session for one island: its nodes, the initializers they read, graph inputs
+        typed from the values that will be fed (model-local functions come along, so fused nodes that
+        stay in an island run their bodies)."""
         import onnxruntime as ort
 
-        inits = [self.initializers[x] for x in step.inputs if x not in feeds and x in self.initializers]
-        g_in = [helper.make_tensor_value_info(x, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
-                for x, v in feeds.items()]
+        inits = [self.initializers[x] for x in step.inputs if x not in types and x in self.initializers]
+        g_in = [helper.make_tensor_value_info(x, helper.np_dtype_to_tensor_dtype(np.dtype(dt)), shape)
+                for x, (dt, shape) in types.items()]
         g_out = [onnx.ValueInfoProto(name=o) for o in step.outputs]
         graph = helper.make_graph(step.nodes, "island", g_in, g_out, inits)
         sub = helper.make_model(graph, opset_imports=list(self.model.opset_import),
@@ -230,7 +271,7 @@ class Session:
         sub.ir_version = max(self.model.ir_version, 8)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
-        return ort.InferenceSession(sub.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(sub.SerializeToString(), opts, providers=providers)
 
 
 def _info(v: onnx.ValueInfoProto) -> NodeArgInfo:

@@ -1,0 +1,116 @@
+"""``onnx-fuse bench ORIGINAL FUSED``: baseline vs fused latency on the same device, in the seed report's
+format (baseline latency, current latency, speedup, SNR, cosine).
+
+- baseline: the ORIGINAL model in onnxruntime on the same device (CUDA EP — ROCm EP on AMD — with all
+  of onnxruntime's graph optimizations; ``use_tf32=0`` unless ``allow_tf32``), inputs already on the
+  device, outputs bound to the device through IOBinding;
+- current: the FUSED model in :class:`fuser.runtime.Session` on that device, same inputs on the device.
+
+Each timed iteration ends with a device synchronisation; the numbers are medians over ``iters`` after
+``warmup`` iterations. On a machine with no GPU both run on the CPU (onnxruntime CPU vs our CPU runtime).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import onnx
+
+from .verify import make_inputs, metrics
+
+
+@dataclass
+class BenchResult:
+    device: str
+    baseline_ms: float
+    current_ms: float
+    speedup: float
+    snr_db: float
+    cosine: float
+    rel_l2: float
+    iters: int
+    kernel_steps: int
+    island_steps: int
+    baseline_all_ms: list[float]
+    current_all_ms: list[float]
+
+    def block(self, name: str) -> str:
+        return (f"[{name}] device={self.device}\n"
+                f"  baseline latency: {self.baseline_ms:.4f} ms (original, onnxruntime)\n"
+                f"  current latency:  {self.current_ms:.4f} ms (fused, onnx-fuse runtime: "
+                f"{self.kernel_steps} kernel steps, {self.island_steps} onnxruntime islands)\n"
+                f"  speedup:          {self.speedup:.3f}x\n"
+                f"  accuracy:         SNR {self.snr_db:.1f} dB, cosine {self.cosine:.7f}, rel-L2 {self.rel_l2:.2e}")
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        for k in ("snr_db",):
+            if not np.isfinite(d[k]):
+                d[k] = str(d[k])
+        return d
+
+
+def _median_ms(fn, warmup: int, iters: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t) * 1e3)
+    return out
+
+
+def bench(original: onnx.ModelProto, fused: onnx.ModelProto, device: str = "auto", warmup: int = 10,
+          iters: int = 50, feeds: dict[str, np.ndarray] | None = None, allow_tf32: bool = False,
+          seed: int = 0) -> BenchResult:
+    import onnxruntime as ort
+
+    from .runtime import Session
+
+    feeds = feeds if feeds is not None else make_inputs(original, seed)
+    sess = Session(fused, device=device)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if sess.backend.is_device:
+        ex = sess._device
+        popts = dict(ex.provider_options())
+        popts.pop("user_compute_stream")
+        popts["use_tf32"] = "1" if allow_tf32 else "0"
+        base = ort.InferenceSession(original.SerializeToString(), opts, providers=[(ex.provider, popts)])
+        dev_feeds = {k: ex.to_device(v) for k, v in feeds.items()}
+        io = base.io_binding()
+        for k, v in dev_feeds.items():
+            io.bind_ortvalue_input(k, v)
+        names = [o.name for o in base.get_outputs()]
+        for n in names:
+            io.bind_output(n, ex.ort_device, 0)
+
+        def run_base() -> None:
+            base.run_with_iobinding(io)  # synchronises at its end
+
+        def run_cur() -> None:
+            sess.run_device(dev_feeds)
+            sess.synchronize()
+
+        b_ms = _median_ms(run_base, warmup, iters)
+        c_ms = _median_ms(run_cur, warmup, iters)
+        ref = [o.numpy() for o in io.get_outputs()]
+        outs = sess.run_device(dev_feeds)
+        sess.synchronize()
+        got = [outs[n].numpy() for n in names]
+    else:
+        base = ort.InferenceSession(original.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        names = [o.name for o in base.get_outputs()]
+        b_ms = _median_ms(lambda: base.run(names, feeds), warmup, iters)
+        c_ms = _median_ms(lambda: sess.run(names, feeds), warmup, iters)
+        ref = base.run(names, feeds)
+        got = sess.run(names, feeds)
+    rel, _, cos, snr = metrics(np.concatenate([r.ravel() for r in ref]).astype(np.float64),
+                               np.concatenate([g.ravel() for g in got]).astype(np.float64))
+    b, c = statistics.median(b_ms), statistics.median(c_ms)
+    return BenchResult(sess.device, b, c, b / c if c > 0 else float("inf"), snr, cos, rel, iters,
+                       sess.kernel_steps, len(sess.steps) - sess.kernel_steps, b_ms, c_ms)

@@ -1,0 +1,99 @@
+"""The GPU runtime end to end (DESIGN §6): fused models in ``fuser.runtime.Session(device="cuda")``
+against the original in onnxruntime (CPU), on the onnx package's light zoo models and examples/.
+
+Marked ``gpu``; skipped where there is no CUDA device or no onnxruntime CUDA EP.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+LIGHT = Path(os.path.dirname(onnx.__file__)) / "backend" / "test" / "data" / "light"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.fixture(scope="module")
+def cuda_ready():
+    import onnxruntime as ort
+
+    from fuser.kernels.backend import BackendUnavailable, select_backend
+
+    try:
+        select_backend("cuda")
+    except BackendUnavailable as e:
+        pytest.skip(f"no CUDA device: {e}")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
+    return True
+
+
+CASES = [
+    (LIGHT / "light_densenet121.onnx", 62),   # 62 standalone BN+ReLU kernels between cuDNN islands
+    (LIGHT / "light_resnet50.onnx", 0),       # every fused node is a conv: library tactic inside islands
+    (LIGHT / "light_inception_v2.onnx", 0),
+    (LIGHT / "light_shufflenet.onnx", 0),
+    (EXAMPLES / "resnet_block.onnx", 1),
+    (EXAMPLES / "darknet_tiny.onnx", 0),
+]
+
+
+@pytest.mark.parametrize("path,kernel_steps", CASES, ids=[c[0].stem for c in CASES])
+def test_gpu_runtime_matches_original(cuda_ready, path: Path, kernel_steps: int) -> None:
+    import fuser
+    from fuser.runtime import Session
+    from fuser.verify import check_output, make_inputs, ort_run
+
+    original = onnx.load(path)
+    fused = fuser.optimize(original, None, verify_result=False).model
+    rng_seed = int.from_bytes(os.urandom(2), "little")  # fresh inputs every run
+    feeds = make_inputs(original, rng_seed)
+    ref = ort_run(original, feeds)
+    sess = Session(fused, device="cuda")
+    assert sess.device == "cuda" and sess.kernel_steps == kernel_steps
+    outs = sess.run(None, feeds)
+    for (name, r), o in zip(ref.items(), outs, strict=True):
+        c = check_output(name, "runtime:cuda", r, o, 1e-5, None)
+        assert c.passed, c
+    # a second run reuses runners and buffers and must give the same numbers
+    again = sess.run(None, feeds)
+    for a, b in zip(outs, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_gpu_runtime_fp16_affine_and_leaky(cuda_ready) -> None:
+    """Standalone BN+LeakyReLU and a LeakyReLU in fp16 run on our kernels in the runtime."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    import fuser
+    from fuser.runtime import Session
+    from fuser.verify import check_output, ort_run
+
+    rng = np.random.default_rng()
+    c = 7
+    inits = [numpy_helper.from_array(v.astype(np.float16), n) for n, v in (
+        ("g", 1 + 0.1 * rng.standard_normal(c)), ("b", 0.1 * rng.standard_normal(c)),
+        ("m", 0.1 * rng.standard_normal(c)), ("v", 0.5 + rng.random(c)))]
+    nodes = [helper.make_node("Add", ["x", "x2"], ["s"]),
+             helper.make_node("BatchNormalization", ["s", "g", "b", "m", "v"], ["bn"]),
+             helper.make_node("LeakyRelu", ["bn"], ["y0"], alpha=0.2),
+             helper.make_node("Concat", ["y0", "x"], ["cat"], axis=1),
+             helper.make_node("LeakyRelu", ["cat"], ["y"], alpha=0.1)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [3, c, 5, 9]),
+                                       helper.make_tensor_value_info("x2", TensorProto.FLOAT16, [3, c, 5, 9])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [3, 2 * c, 5, 9])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 15)], ir_version=8)
+    fused = fuser.optimize(m, None).model
+    sess = Session(fused, device="cuda")
+    assert sess.kernel_steps == 2
+    feeds = {"x": rng.standard_normal((3, c, 5, 9)).astype(np.float16),
+             "x2": rng.standard_normal((3, c, 5, 9)).astype(np.float16)}
+    ref = ort_run(m, feeds)["y"]
+    out = sess.run(None, feeds)[0]
+    assert check_output("y", "runtime:cuda", ref, out, 1e-2, None).passed
