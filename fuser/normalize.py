@@ -1,7 +1,7 @@
 """Normalization before the passes: names, constant weight subgraphs folded, shapes inferred.
 
-- Unnamed nodes get deterministic names (``<op_type>_<index>``), so fused-node names and the report
-  are stable from run to run.
+- Unnamed nodes get deterministic names (``<op_type>_<index>``), a repeated name gets ``_<k>``, so node
+  names are unique and fused-node names and the report are stable from run to run.
 - Constant subgraphs (Constant, ConstantOfShape, Identity, Cast, Reshape/Unsqueeze of constants, the
   bias a dynamo export computes for a bias-less Conv, …) are evaluated once by onnx-graphsurgeon's
   ``fold_constants`` (onnxruntime underneath) and become initializers.
@@ -125,17 +125,33 @@ def detach_attribute_tensors(graph: gs.Graph) -> None:
                 v._values = LazyValues(t)
 
 
+def unique_node_names(nodes: list[tuple[str, str]]) -> list[str]:
+    """Deterministic, unique names for ``(name, op_type)`` pairs in graph order: an unnamed node becomes
+    ``<op_type>_<index>`` (index in the original order), a name already used by an earlier node becomes
+    ``<name>_<k>``; every other name is kept. The pipeline names the graph with this, and the visual diff
+    (``fuser.visual``) names the original model with it, so both sides agree on every node's name."""
+    taken = {name for name, _ in nodes if name}
+    seen: set[str] = set()
+    out: list[str] = []
+    for i, (name, op) in enumerate(nodes):
+        if name and name not in seen:
+            seen.add(name)
+            out.append(name)
+            continue
+        base = name or f"{op}_{i}"
+        cand, k = base, 1
+        while cand in taken:
+            cand, k = f"{base}_{k}", k + 1
+        taken.add(cand)
+        seen.add(cand)
+        out.append(cand)
+    return out
+
+
 def name_graph_nodes(graph: gs.Graph) -> None:
-    """Deterministic ``<op_type>_<index>`` names for unnamed nodes (index in the original order)."""
-    taken = {n.name for n in graph.nodes if n.name}
-    for i, n in enumerate(graph.nodes):
-        if not n.name:
-            base = f"{n.op}_{i}"
-            name, k = base, 1
-            while name in taken:
-                name, k = f"{base}_{k}", k + 1
-            n.name = name
-            taken.add(name)
+    """Deterministic unique names (:func:`unique_node_names`) for unnamed and duplicate-named nodes."""
+    for n, name in zip(graph.nodes, unique_node_names([(n.name, n.op) for n in graph.nodes]), strict=True):
+        n.name = name
 
 
 def has_foldable(graph: gs.Graph) -> bool:

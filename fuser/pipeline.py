@@ -10,6 +10,7 @@ see it as the graph input it is (nothing folds into it) and it comes back unchan
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import onnx
@@ -20,9 +21,10 @@ from fuser.passes import PASS_ORDER, pass_names
 from .context import PassContext, provenance_props
 from .errors import InputError
 from .fused import DOMAIN, DOMAIN_VERSION, FusionRecord, parse_op_type
-from .normalize import name_graph_nodes, normalize
+from .normalize import name_graph_nodes, normalize, unique_node_names
 
 MAX_ROUNDS = 8
+FOLDED_KEY = "fuser.folded"  # node metadata: JSON list of the original nodes folded into its weights
 
 
 @dataclass
@@ -103,9 +105,12 @@ def finalize(graph: gs.Graph, ctx: PassContext, original: onnx.ModelProto) -> on
             if init.name not in listed:
                 out.graph.input.append(onnx.helper.make_tensor_value_info(
                     init.name, init.data_type, list(init.dims)))
-    # node doc strings / metadata of nodes that survived
-    by_name = {n.name: n for n in original.graph.node if n.name}
+    # node doc strings / metadata of nodes that survived (by the names normalize gave them: unnamed and
+    # duplicate-named nodes of the original included)
+    names = unique_node_names([(n.name, n.op_type) for n in original.graph.node])
+    by_name = dict(zip(names, original.graph.node, strict=True))
     records = {r.fused_node: r for r in ctx.fusions}
+    folded = folded_into(ctx.fusions)
     for n in out.graph.node:
         src = by_name.get(n.name)
         if src is not None and n.op_type == src.op_type:
@@ -115,8 +120,13 @@ def finalize(graph: gs.Graph, ctx: PassContext, original: onnx.ModelProto) -> on
         rec = records.get(n.name)
         if rec is not None and n.domain == DOMAIN:
             n.doc_string = rec.doc_line()
-            for k, v in provenance_props(rec).items():
-                n.metadata_props.add(key=k, value=v)
+            if folded.get(n.name):
+                n.doc_string += f"; {', '.join(folded[n.name])} folded into its weights first"
+            set_props(n, provenance_props(rec))
+        if folded.get(n.name):
+            set_props(n, {FOLDED_KEY: json.dumps(folded[n.name])})
+            if not n.doc_string:  # a plain node whose weights changed; a doc string of its own stays
+                n.doc_string = f"onnx-fuse: {', '.join(folded[n.name])} folded into the weights of {n.op_type}"
     used = {n.op_type for n in out.graph.node if n.domain == DOMAIN}
     del out.opset_import[:]
     out.opset_import.extend(o for o in original.opset_import if o.domain != DOMAIN)
@@ -135,6 +145,35 @@ def finalize(graph: gs.Graph, ctx: PassContext, original: onnx.ModelProto) -> on
         if f.domain == DOMAIN and f.name in used and f.name not in have:
             out.functions.append(f)
     return out
+
+
+def folded_into(fusions: list[FusionRecord]) -> dict[str, list[str]]:
+    """Node name → the original nodes folded into its weights, in the order of the rewrites.
+
+    A fold (BN, per-channel Mul/Add into a Conv/Gemm/MatMul) keeps the target node and its name; when that
+    node is later fused (``conv1`` → ``conv1+relu3``) what was folded into it goes along to the fused node.
+    """
+    out: dict[str, list[str]] = {}
+    for rec in fusions:
+        if not rec.kernel:  # a fold: the target keeps its name, the others disappear into its weights
+            acc = out.setdefault(rec.fused_node, [])
+            for s in rec.source_nodes:
+                if s != rec.fused_node:
+                    acc.extend([s, *out.pop(s, [])])
+        else:
+            acc = [x for s in rec.source_nodes for x in out.pop(s, [])]
+            if acc:
+                out[rec.fused_node] = acc
+    return {k: v for k, v in out.items() if v}
+
+
+def set_props(node: onnx.NodeProto, props: dict[str, str]) -> None:
+    """Set metadata_props keys on ``node``, replacing earlier values of the same keys (a re-run)."""
+    keep = [p for p in node.metadata_props if p.key not in props]
+    del node.metadata_props[:]
+    node.metadata_props.extend(keep)
+    for k, v in props.items():
+        node.metadata_props.add(key=k, value=v)
 
 
 def _overridable(model: onnx.ModelProto) -> set[str]:
@@ -176,7 +215,46 @@ def inline_fused(model: onnx.ModelProto) -> onnx.ModelProto:
     if not ids:
         return model
     out = inliner.inline_selected_functions(model, ids)
+    _name_inlined(model.graph.node, out.graph.node)
     del out.opset_import[:]
     out.opset_import.extend(o for o in model.opset_import if o.domain != DOMAIN)
     out.ir_version = model.ir_version
     return out
+
+
+def _name_inlined(before, after) -> None:
+    """Give the nodes that replaced each inlined fused node names and provenance: ``<fused name>/<op_type>``
+    (a namespace Model Explorer groups by), the fused node's ``fuser.*`` metadata plus ``fuser.fused_node``,
+    and a one-line doc string. The inliner puts each body where its call was, in order."""
+    taken = {n.name for n in after if n.name}
+    j = 0
+    for b in before:
+        if b.domain != DOMAIN:
+            j += 1
+            continue
+        props = {p.key: p.value for p in b.metadata_props if p.key.startswith("fuser.")}
+        props["fuser.fused_node"] = b.name
+        pattern = props.get("fuser.pattern", "fused")
+        sources = ", ".join(json.loads(props.get("fuser.source_nodes", "[]")))
+        pending = {o for o in b.output if o}
+        while pending and j < len(after):
+            a = after[j]
+            j += 1
+            base = f"{b.name}/{a.op_type}"
+            name, k = base, 1
+            while name in taken:
+                name, k = f"{base}_{k}", k + 1
+            taken.add(name)
+            a.name = name
+            a.doc_string = f"onnx-fuse {pattern}: part of {b.name} (fused {sources}), inlined as standard ops"
+            set_props(a, props)
+            pending -= set(a.output)
+    # anything left unnamed (a body the inliner laid out differently) still gets a unique, stable name
+    for i, a in enumerate(after):
+        if not a.name:
+            base = f"{a.op_type}_{i}"
+            name, k = base, 1
+            while name in taken:
+                name, k = f"{base}_{k}", k + 1
+            taken.add(name)
+            a.name = name

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -204,7 +206,11 @@ def test_model_metadata_and_doc_strings_preserved():
     assert survivors
     for n in survivors:
         assert n.doc_string == f"doc of {n.name}"
-        assert {p.key: p.value for p in n.metadata_props} == {"origin": n.name}
+        props = {p.key: p.value for p in n.metadata_props}
+        # a node that absorbed a fold also says so (fuser.folded); its own metadata is kept as it was
+        assert {k: v for k, v in props.items() if k != "fuser.folded"} == {"origin": n.name}
+    fc = next(n for n in survivors if n.name == "fc")
+    assert json.loads({p.key: p.value for p in fc.metadata_props}["fuser.folded"]) == ["fc_bn"]
 
 
 def test_existing_model_functions_kept():
