@@ -78,6 +78,7 @@ class DeviceExecutor:
         self.session = session
         self.backend = backend
         self.ort = ort
+        ort.set_default_logger_severity(3)  # provider-option chatter per session would flood stderr
         if backend.name == "cuda":
             from cuda.bindings import driver
 

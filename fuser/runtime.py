@@ -151,6 +151,12 @@ class Session:
         from .kernels.backend import select_backend
 
         self.backend = select_backend(device)  # hip → cuda → cpu for "auto"; explicit ones must work
+        if self.backend.is_device and not _ort_has_device_ep(self.backend.name):
+            if device != "auto":
+                raise RuntimeError(f"device {device!r}: onnxruntime here has no GPU execution provider: install "
+                                   "onnx-fuse[cuda] (onnxruntime-gpu) or [rocm] (onnxruntime-rocm)")
+            # a GPU without a GPU onnxruntime cannot run the islands there: the best usable device is the CPU
+            self.backend = select_backend("cpu")
         self.device = self.backend.name
         g = model.graph
         self.initializers = {t.name: t for t in g.initializer}
@@ -272,6 +278,13 @@ class Session:
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         return ort.InferenceSession(sub.SerializeToString(), opts, providers=providers)
+
+
+def _ort_has_device_ep(backend_name: str) -> bool:
+    import onnxruntime as ort
+
+    wanted = {"cuda": ("CUDAExecutionProvider",), "hip": ("ROCMExecutionProvider", "MIGraphXExecutionProvider")}
+    return any(p in ort.get_available_providers() for p in wanted.get(backend_name, ()))
 
 
 def _info(v: onnx.ValueInfoProto) -> NodeArgInfo:
