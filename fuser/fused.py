@@ -10,6 +10,7 @@ Op types (domain ``fuser``, version 1):
 - ``FusedConv[Add]<Act>``  inputs X, W, B [, R] [, clip_min, clip_max]  Conv(+residual Add)+activation
 - ``FusedBatchNorm<Act>``  inputs X, scale, shift [, clip_min, clip_max]  per-channel affine+activation
 - ``FusedLeakyRelu``       input X                                    LeakyRelu as one kernel
+- ``FusedGroupNorm<Act>``  inputs X, gamma, beta [, eps, group_shape]  GroupNormalization+activation
 
 ``<Act>`` is one of the names in :data:`fuser.kernels.activations.ACTIVATIONS` ("" for none).
 """
@@ -34,7 +35,10 @@ _ATTR_TYPES = {
     "activation": AttributeProto.STRING, "alpha": AttributeProto.FLOAT, "beta": AttributeProto.FLOAT,
     "clip_min": AttributeProto.FLOAT, "clip_max": AttributeProto.FLOAT,
     "kernel": AttributeProto.STRING, "tactic": AttributeProto.STRING, "epsilon": AttributeProto.FLOAT,
+    "num_groups": AttributeProto.INT,
 }
+# GroupNorm's epilogue takes the (alpha, beta) pair only: Clip's bounds do not reach its kernel.
+GROUP_NORM_ACTIVATIONS = ("", "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "SiLU")
 
 
 def _ref(name: str, target: str | None = None) -> AttributeProto:
@@ -76,11 +80,81 @@ def activation_body(activation: str, x: str, y: str, opset: int) -> list[onnx.No
     raise ValueError(f"no body for activation {activation!r}")
 
 
+def group_norm_constants_as_inputs(opset: int) -> bool:
+    """Before opset 15 a function body cannot cast back to X's type (no CastLike), so a GroupNorm body
+    computes in X's type and takes epsilon (typed like X) and the [0, G, -1] reshape target as inputs."""
+    return opset < 15
+
+
+def _const_ints(name: str, values: list[int]) -> onnx.NodeProto:
+    return helper.make_node("Constant", [], [name],
+                            value=helper.make_tensor(name, onnx.TensorProto.INT64, [len(values)], values))
+
+
+def _reduce_mean(x: str, y: str, opset: int) -> list[onnx.NodeProto]:
+    """ReduceMean over axis 2 of [N, G, M], keepdims: axes an attribute before opset 18, an input from 18."""
+    if opset >= 18:
+        return [_const_ints(y + "_axes", [2]), helper.make_node("ReduceMean", [x, y + "_axes"], [y], keepdims=1)]
+    return [helper.make_node("ReduceMean", [x], [y], axes=[2], keepdims=1)]
+
+
+def group_norm_body(opset: int, y: str) -> list[onnx.NodeProto]:
+    """Standard ops computing ``y = gamma[c] * (x - mean) / sqrt(var + epsilon) + beta[c]`` per (n, group).
+
+    X [N, C, *spatial] (any rank >= 2, symbolic dims welcome) is viewed as [N, C, S] and [N, G, C/G*S]
+    through Reshapes with 0/-1 targets, never static sizes; gamma/beta are [C]. From opset 15 the
+    statistics and the affine run in float32 (X cast, like GroupNormalization-21's stash_type=1 and like
+    our kernel) and the result is CastLike'd back; num_groups and epsilon come from the node's attributes
+    through ``Constant(value_int / value_float = @attr)``. Before 15 everything runs in X's type and the
+    inputs ``eps`` / ``group_shape`` carry them (see :func:`group_norm_constants_as_inputs`)."""
+    mk = helper.make_node
+    stash = not group_norm_constants_as_inputs(opset)
+    nodes = [_const_ints("flat_target", [0, 0, -1]), _const_ints("column_target", [-1, 1])]
+    x, gamma, beta = "X", "gamma", "beta"
+    if stash:
+        nodes += [mk("Cast", ["X"], ["X_f"], to=onnx.TensorProto.FLOAT),
+                  mk("Cast", ["gamma"], ["gamma_f"], to=onnx.TensorProto.FLOAT),
+                  mk("Cast", ["beta"], ["beta_f"], to=onnx.TensorProto.FLOAT)]
+        x, gamma, beta = "X_f", "gamma_f", "beta_f"
+        groups = mk("Constant", [], ["groups"])
+        groups.attribute.append(_ref("num_groups", "value_int"))
+        eps = mk("Constant", [], ["eps"])
+        eps.attribute.append(_ref("epsilon", "value_float"))
+        nodes += [groups, eps, _const_ints("one_target", [1]), _const_ints("zero_1", [0]),
+                  _const_ints("minus_1", [-1]), mk("Reshape", ["groups", "one_target"], ["groups_1"]),
+                  mk("Concat", ["zero_1", "groups_1", "minus_1"], ["group_shape"], axis=0)]
+    nodes += [mk("Reshape", [x, "flat_target"], ["x_flat"]),            # [N, C, S]
+              mk("Reshape", ["x_flat", "group_shape"], ["x_grouped"])]  # [N, G, C/G*S]
+    nodes += _reduce_mean("x_grouped", "mean", opset)
+    nodes += [mk("Sub", ["x_grouped", "mean"], ["centered"]), mk("Mul", ["centered", "centered"], ["squared"])]
+    nodes += _reduce_mean("squared", "var", opset)
+    nodes += [mk("Add", ["var", "eps"], ["var_eps"]), mk("Sqrt", ["var_eps"], ["std"]),
+              mk("Div", ["centered", "std"], ["normed"]), mk("Shape", ["x_flat"], ["flat_shape"]),
+              mk("Reshape", ["normed", "flat_shape"], ["normed_flat"]),
+              mk("Reshape", [gamma, "column_target"], ["gamma_col"]),
+              mk("Reshape", [beta, "column_target"], ["beta_col"]),
+              mk("Mul", ["normed_flat", "gamma_col"], ["scaled"]), mk("Add", ["scaled", "beta_col"], ["affine"]),
+              mk("Shape", ["X"], ["x_shape"])]
+    if stash:
+        nodes += [mk("Reshape", ["affine", "x_shape"], ["affine_f"]), mk("CastLike", ["affine_f", "X"], [y])]
+    else:
+        nodes.append(mk("Reshape", ["affine", "x_shape"], [y]))
+    return nodes
+
+
+def group_norm_standard_body(y: str) -> list[onnx.NodeProto]:
+    """The same computation as one standard GroupNormalization-21 (per-channel scale/bias, statistics in
+    float32): what ``--target onnx`` writes where the model's opset has it."""
+    n = helper.make_node("GroupNormalization", ["X", "gamma", "beta"], [y], stash_type=1)
+    n.attribute.extend([_ref("num_groups"), _ref("epsilon")])
+    return [n]
+
+
 @dataclass(frozen=True)
 class FusedOpType:
     """One fused op type: what it is called, which kernel family runs it, how its body reads."""
 
-    base: str  # "Conv", "BatchNorm", "LeakyRelu"
+    base: str  # "Conv", "BatchNorm", "LeakyRelu", "GroupNorm"
     activation: str = ""
     residual: bool = False
 
@@ -92,10 +166,14 @@ class FusedOpType:
 
     @property
     def kernel(self) -> str:
-        return {"Conv": "conv", "BatchNorm": "batchnorm", "LeakyRelu": "leaky_relu"}[self.base]
+        return {"Conv": "conv", "BatchNorm": "batchnorm", "LeakyRelu": "leaky_relu", "GroupNorm": "group_norm"}[
+            self.base]
 
     def formal_inputs(self, opset: int) -> list[str]:
-        ins = {"Conv": ["X", "W", "B"], "BatchNorm": ["X", "scale", "shift"], "LeakyRelu": ["X"]}[self.base]
+        ins = {"Conv": ["X", "W", "B"], "BatchNorm": ["X", "scale", "shift"], "LeakyRelu": ["X"],
+               "GroupNorm": ["X", "gamma", "beta"]}[self.base]
+        if self.base == "GroupNorm" and group_norm_constants_as_inputs(opset):
+            ins += ["eps", "group_shape"]
         if self.residual:
             ins.append("R")
         if self.activation == "Clip" and clip_bounds_as_inputs(opset):
@@ -104,12 +182,16 @@ class FusedOpType:
 
     def attributes(self) -> list[str]:
         attrs = list(CONV_ATTRS) if self.base == "Conv" else []
+        if self.base == "GroupNorm":
+            attrs += ["num_groups", "epsilon"]
         attrs += list(ACT_ATTRS) + list(KERNEL_ATTRS)
         if self.base == "BatchNorm":
             attrs.append("epsilon")
         return attrs
 
-    def function(self, opset: int) -> onnx.FunctionProto:
+    def function(self, opset: int, standard_group_norm: bool = False) -> onnx.FunctionProto:
+        """The body at ``opset``. ``standard_group_norm`` (GroupNorm at opset >= 21 only): one
+        GroupNormalization-21 instead of its decomposition (``--target onnx``)."""
         nodes: list[onnx.NodeProto] = []
         if self.base == "Conv":
             conv = helper.make_node("Conv", ["X", "W", "B"], ["conv_out"])
@@ -120,15 +202,20 @@ class FusedOpType:
         elif self.base == "BatchNorm":
             nodes.append(helper.make_node("Mul", ["X", "scale"], ["scaled"]))
             nodes.append(helper.make_node("Add", ["scaled", "shift"], ["affine_out"]))
+        elif self.base == "GroupNorm":
+            if standard_group_norm and opset < 21:
+                raise ValueError(f"GroupNormalization-21 is not available at opset {opset}")
+            nodes += group_norm_standard_body("gn_out") if standard_group_norm else group_norm_body(opset, "gn_out")
         act = "LeakyRelu" if self.base == "LeakyRelu" else self.activation
         if act:
             nodes += activation_body(act, nodes[-1].output[0] if nodes else "X", "Y", opset)
         else:  # no activation: the last op writes Y itself (no Identity left after inlining)
             nodes[-1].output[0] = "Y"
+        what = {"GroupNorm": "GroupNormalization"}.get(self.base, self.base)
         return helper.make_function(
             DOMAIN, self.name, self.formal_inputs(opset), ["Y"], nodes,
             [helper.make_opsetid("", opset)], self.attributes(),
-            doc_string=f"onnx-fuse fused op: {self.base}{' + residual Add' if self.residual else ''}"
+            doc_string=f"onnx-fuse fused op: {what}{' + residual Add' if self.residual else ''}"
             f"{' + ' + self.activation if self.activation else ''}; runs on kernel family '{self.kernel}'.",
         )
 
@@ -139,6 +226,9 @@ def parse_op_type(op_type: str) -> FusedOpType | None:
 
     if op_type == "FusedLeakyRelu":
         return FusedOpType("LeakyRelu")
+    if op_type.startswith("FusedGroupNorm"):
+        act = op_type[len("FusedGroupNorm"):]
+        return FusedOpType("GroupNorm", act) if act in GROUP_NORM_ACTIVATIONS else None
     for base in ("Conv", "BatchNorm"):
         prefix = "Fused" + base
         if not op_type.startswith(prefix):

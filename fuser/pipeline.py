@@ -214,12 +214,27 @@ def inline_fused(model: onnx.ModelProto) -> onnx.ModelProto:
     ids = [(f.domain, f.name) for f in model.functions if f.domain == DOMAIN]
     if not ids:
         return model
+    standard_group_norm_bodies(model)
     out = inliner.inline_selected_functions(model, ids)
     _name_inlined(model.graph.node, out.graph.node)
     del out.opset_import[:]
     out.opset_import.extend(o for o in model.opset_import if o.domain != DOMAIN)
     out.ir_version = model.ir_version
     return out
+
+
+def standard_group_norm_bodies(model: onnx.ModelProto) -> None:
+    """``--target onnx`` at opset >= 21: each ``FusedGroupNorm<Act>`` body becomes one standard
+    GroupNormalization-21 (+ its activation), so inlining writes that op instead of the decomposition.
+    Below 21 the decomposed body stays (opset 18's GroupNormalization is deprecated: per-group scale).
+    onnxruntime has no native kernel for GroupNormalization: it expands the op into primitive nodes."""
+    opset = default_opset(model)
+    if opset < 21:
+        return
+    for f in model.functions:
+        ftype = parse_op_type(f.name) if f.domain == DOMAIN else None
+        if ftype is not None and ftype.base == "GroupNorm":
+            f.CopyFrom(ftype.function(opset, standard_group_norm=True))
 
 
 def _name_inlined(before, after) -> None:
