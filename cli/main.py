@@ -16,6 +16,7 @@ import click
 import numpy as np
 
 from fuser import __version__
+from fuser.cli.diff_cmds import diff_cmd, view_cmd, view_models, write_mapping_for
 from fuser.errors import EXIT_INTERNAL, FuserError, InputError
 
 # click marks usage errors with exit code 2 already, matching ours
@@ -80,6 +81,10 @@ def main() -> None:
     """
 
 
+main.add_command(diff_cmd)
+main.add_command(view_cmd)
+
+
 @main.command("fuse")
 @click.argument("model", type=click.Path(dir_okay=True, path_type=Path), required=False)
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Where to write the fused model.")
@@ -100,8 +105,12 @@ def main() -> None:
 @click.option("--report", "report", type=click.Path(path_type=Path), help="Write a JSON report here.")
 @click.option("--keep-on-fail", is_flag=True, help="Write the output even if verification fails.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("--mapping", type=click.Path(path_type=Path), metavar="FILE.json",
+              help="Also write the fused-node → source-nodes map for Model Explorer's split view.")
+@click.option("--view", is_flag=True, help="Then serve MODEL and OUT with Netron on loopback (Ctrl+C stops).")
+@click.option("--no-browser", is_flag=True, help="With --view: print the two URLs, open no browser.")
 def fuse_cmd(model, output, target, skip, list_passes, no_verify, rtol, atol, inputs, shapes, seed, device,
-             report, keep_on_fail, quiet) -> None:
+             report, keep_on_fail, quiet, mapping, view, no_browser) -> None:
     """Rewrite MODEL and write the verified result to -o OUT."""
     from fuser.passes import pass_names
 
@@ -123,6 +132,8 @@ def fuse_cmd(model, output, target, skip, list_passes, no_verify, rtol, atol, in
         result = optimize(model, output, target=target, skip=tuple(skip), verify_result=not no_verify,
                           rtol=rtol, atol=atol, inputs=feeds, shapes=shape_map, keep_on_fail=keep_on_fail,
                           device=device, report=report, seed=seed)
+        if mapping is not None:
+            write_mapping_for(model, result.model, mapping, output)
     except KeyboardInterrupt:
         click.echo("onnx-fuse: interrupted; nothing written", err=True)
         sys.exit(130)
@@ -135,6 +146,11 @@ def fuse_cmd(model, output, target, skip, list_passes, no_verify, rtol, atol, in
         return
     if not quiet:
         _print(result)
+    if view:
+        try:
+            view_models(model, output, "127.0.0.1", 0, browse=not no_browser)
+        except Exception as e:  # noqa: BLE001
+            _fail(e)
 
 
 @main.command("run")
