@@ -219,18 +219,24 @@ def _per_channel(v: np.ndarray | None, g: int, c: int) -> np.ndarray | None:
     return v.copy() if v.size == c else None
 
 
+def _unique(nodes) -> list[gs.Node]:
+    """Consumers without repeats (a node reading a tensor twice, as Mul(d, d), is listed twice)."""
+    seen: dict[int, gs.Node] = {}
+    for n in nodes:
+        seen.setdefault(id(n), n)
+    return list(seen.values())
+
+
 def _sole_consumer(ctx: PassContext, t: gs.Tensor) -> gs.Node | None:
     return t.outputs[0] if single_use_intermediate(ctx.graph, t) else None
 
 
 # -- (a) Reshape → InstanceNormalization → Reshape ------------------------------------------------------------
 
-def _match_instance_norm(ctx: PassContext, inorm: gs.Node) -> Core | None:
-    if len(inorm.inputs) != 3 or len(inorm.outputs) != 1:
-        return None
-    xg = inorm.inputs[0]
+def _grouping(ctx: PassContext, xg: gs.Tensor) -> tuple[gs.Node, gs.Tensor, list, int, int] | None:
+    """(the Reshape, X, X's shape, C, G) when ``xg`` is X viewed as [N, G, …] by a constant Reshape."""
     r1 = producer(xg)
-    if r1 is None or r1.op != "Reshape" or not single_use_intermediate(ctx.graph, xg):
+    if r1 is None or r1.op != "Reshape" or xg in ctx.graph.outputs:
         return None
     x = r1.inputs[0]
     info = _x_info(x)
@@ -238,18 +244,49 @@ def _match_instance_norm(ctx: PassContext, inorm: gs.Node) -> Core | None:
         return None
     shape, c = info
     g = _groups_of(r1, shape, c)
-    if g is None:
-        return None
-    s = _per_channel(const_value(inorm.inputs[1]), g, c)
-    b = _per_channel(const_value(inorm.inputs[2]), g, c)
-    if s is None or b is None or const_value(inorm.inputs[1]).size != g or const_value(inorm.inputs[2]).size != g:
-        return None
-    r2 = _sole_consumer(ctx, inorm.outputs[0])
+    return None if g is None else (r1, x, shape, c, g)
+
+
+def _back_to_x(ctx: PassContext, r1: gs.Node, y: gs.Tensor, x: gs.Tensor, shape: list, g: int
+               ) -> tuple[list[gs.Node], gs.Tensor] | None:
+    """The Reshape (and its Shape(X)) that turns the grouped result ``y`` back into X's shape, and the
+    tensor it makes. None of it when the grouping was no reshape at all ([N, C, L] viewed as [N, C, -1]):
+    dynamo drops the second Reshape then."""
+    r2 = _sole_consumer(ctx, y)
     extra = _restores(ctx, r2, x, shape) if r2 is not None else None
-    if extra is None:
+    if extra is not None:
+        return [*extra, r2], r2.outputs[0]
+    if len(shape) == 3 and len(_target(r1) or []) == 3 and g == shape[1]:
+        return [], y
+    return None
+
+
+# -- (a) [Reshape →] InstanceNormalization [→ Reshape] --------------------------------------------------------
+
+def _match_instance_norm(ctx: PassContext, inorm: gs.Node) -> Core | None:
+    """PyTorch's GroupNorm export; without the Reshapes an InstanceNormalization is GroupNorm with G = C."""
+    if len(inorm.inputs) != 3 or len(inorm.outputs) != 1:
         return None
-    return Core("instance_norm", x, r2.outputs[0], [r1, inorm, *extra, r2], g,
-                float(inorm.attrs.get("epsilon", 1e-5)), s, b)
+    xg = inorm.inputs[0]
+    sv, bv = const_value(inorm.inputs[1]), const_value(inorm.inputs[2])
+    eps = float(inorm.attrs.get("epsilon", 1e-5))
+    grouping = _grouping(ctx, xg) if single_use_intermediate(ctx.graph, xg) else None
+    if grouping is not None:
+        r1, x, shape, c, g = grouping
+        back = _back_to_x(ctx, r1, inorm.outputs[0], x, shape, g)
+        s, b = _per_channel(sv, g, c), _per_channel(bv, g, c)
+        if back is not None and s is not None and b is not None and sv.size == g and bv.size == g:
+            tail, out = back
+            return Core("instance_norm", x, out, [r1, inorm, *tail], g, eps, s, b)
+    # otherwise the InstanceNormalization alone, on its own input [N, C, *spatial]: GroupNorm with G = C
+    info = _x_info(xg)
+    if info is None or len(info[0]) < 3:
+        return None
+    c = info[1]
+    s, b = _per_channel(sv, c, c), _per_channel(bv, c, c)
+    if s is None or b is None or sv.size != c or bv.size != c:
+        return None
+    return Core("instance_norm", xg, inorm.outputs[0], [inorm], c, eps, s, b)
 
 
 # -- (b) GroupNormalization-18 / -21 ------------------------------------------------------------------------
@@ -283,20 +320,15 @@ def _match_decomposed(ctx: PassContext, rm1: gs.Node) -> Core | None:
     if not rm1.inputs or len(rm1.outputs) != 1:
         return None
     xg = rm1.inputs[0]
-    r1 = producer(xg)
-    if r1 is None or r1.op != "Reshape" or xg in graph.outputs:
+    grouping = _grouping(ctx, xg)
+    if grouping is None:
         return None
-    x = r1.inputs[0]
-    info = _x_info(x)
-    if info is None:
-        return None
-    shape, c = info
-    g = _groups_of(r1, shape, c)
-    rank = len(_target(r1) or [])
-    if g is None or not _reduces_groups(rm1, rank):
+    r1, x, shape, c, g = grouping
+    rank = len(_target(r1))
+    if not _reduces_groups(rm1, rank):
         return None
     mean = rm1.outputs[0]
-    subs = list(dict.fromkeys(mean.outputs))
+    subs = _unique(mean.outputs)
     if mean in graph.outputs or not 1 <= len(subs) <= 2:
         return None
     if any(s.op != "Sub" or len(s.inputs) != 2 or s.inputs[0] is not xg or s.inputs[1] is not mean
@@ -305,7 +337,7 @@ def _match_decomposed(ctx: PassContext, rm1: gs.Node) -> Core | None:
     ds = [s.outputs[0] for s in subs]
     sq = None
     for d in ds:
-        for u in dict.fromkeys(d.outputs):
+        for u in _unique(d.outputs):
             if u.op == "Pow" and len(u.inputs) == 2 and u.inputs[0] is d and _scalar(u.inputs[1]) == 2.0:
                 sq = (u, d) if sq is None else False
             elif u.op == "Mul" and len(u.inputs) == 2 and u.inputs[0] is d and u.inputs[1] is d:
@@ -351,12 +383,11 @@ def _match_decomposed(ctx: PassContext, rm1: gs.Node) -> Core | None:
         return None
     if not only_consumed_by(graph, xg, nodes):
         return None
-    r2 = _sole_consumer(ctx, div.outputs[0])
-    extra = _restores(ctx, r2, x, shape) if r2 is not None else None
-    if extra is None:
+    back = _back_to_x(ctx, r1, div.outputs[0], x, shape, g)
+    if back is None:
         return None
-    ones, zeros = np.ones(c), np.zeros(c)
-    return Core("decomposed", x, r2.outputs[0], [*nodes, *extra, r2], g, eps, ones, zeros)
+    tail, out = back
+    return Core("decomposed", x, out, [*nodes, *tail], g, eps, np.ones(c), np.zeros(c))
 
 
 # -- rewrite --------------------------------------------------------------------------------------------------

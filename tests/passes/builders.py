@@ -20,7 +20,7 @@ from fuser.pipeline import PipelineResult, run_pipeline
 DOMAIN = "fuser"
 TOL = {np.dtype(np.float16): 1e-2, np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 KERNEL_MODULES = {"conv": "fuser.kernels.conv", "batchnorm": "fuser.kernels.batchnorm",
-                  "leaky_relu": "fuser.kernels.leaky_relu"}
+                  "leaky_relu": "fuser.kernels.leaky_relu", "group_norm": "fuser.kernels.group_norm"}
 
 
 def ttype(dtype) -> int:
