@@ -40,7 +40,7 @@ class OptimizeResult:
     report: dict = field(default_factory=dict)
 
 
-def check_model_supported(model: onnx.ModelProto, where: str) -> None:
+def check_model_supported(model: onnx.ModelProto, where: str, verify: bool = True) -> None:
     """Refuse, in one line, models the toolchain cannot process faithfully."""
     opset = default_opset(model)
     newest = onnx.defs.onnx_opset_version()
@@ -49,18 +49,66 @@ def check_model_supported(model: onnx.ModelProto, where: str) -> None:
                          "nothing older) — upgrade it first with onnx.version_converter.convert_version")
     if opset > newest:
         raise InputError(f"{where}: opset {opset} is newer than the installed onnx knows ({newest})")
+    if model.ir_version > onnx.IR_VERSION:
+        raise InputError(f"{where}: IR version {model.ir_version} is newer than the installed onnx knows "
+                         f"({onnx.IR_VERSION})")
+    outs = [o.name for o in model.graph.output]
+    dup = next((n for n in outs if outs.count(n) > 1), None)
+    if dup is not None:
+        raise InputError(f"{where}: graph output {dup!r} is declared more than once")
     try:
-        import onnxruntime  # noqa: F401
-        from onnx import IR_VERSION
-        max_ir = IR_VERSION
-    except ImportError:  # pragma: no cover
-        max_ir = 10
-    if model.ir_version > max_ir:
-        raise InputError(f"{where}: IR version {model.ir_version} is newer than supported ({max_ir})")
-    try:
-        onnx.checker.check_model(model, full_check=False)
+        onnx.checker.check_model(_without_weights(model), full_check=False)
     except Exception as e:
         raise InputError(f"{where}: invalid model ({str(e).strip().splitlines()[0][:200]})") from None
+    if verify:
+        try:
+            from .ortcompat import KNOWN_DOMAINS, ort_limits
+        except ImportError:  # pragma: no cover - no onnxruntime: verify() says so
+            return
+        max_ir, max_opset = ort_limits()
+        if model.ir_version > max_ir:
+            raise InputError(f"{where}: IR version {model.ir_version} is newer than the installed onnxruntime "
+                             f"accepts ({max_ir}), so it cannot be verified (--no-verify to fuse anyway)")
+        if opset > max_opset:
+            raise InputError(f"{where}: opset {opset} is newer than the installed onnxruntime runs ({max_opset}), "
+                             "so it cannot be verified (--no-verify to fuse anyway)")
+        local = {f.domain for f in model.functions}
+        for n in model.graph.node:
+            if n.domain not in KNOWN_DOMAINS and n.domain not in local and n.domain != "fuser":
+                raise InputError(f"{where}: node {n.name or n.op_type!r} is {n.domain}::{n.op_type}, an op in a domain "
+                                 "onnxruntime does not know, so the model cannot be verified (--no-verify to fuse "
+                                 "anyway)")
+
+
+def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy for the checker with the initializers' data left out: checking a 500 MB model must not
+    serialise 500 MB (and protobuf refuses past 2 GiB). Names, types and ranks stay."""
+    g = model.graph
+    light = onnx.ModelProto(ir_version=model.ir_version, producer_name=model.producer_name,
+                            producer_version=model.producer_version, domain=model.domain,
+                            model_version=model.model_version)
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    lg = light.graph
+    lg.name = g.name
+    for part in ("node", "input", "output", "value_info", "sparse_initializer"):
+        getattr(lg, part).extend(getattr(g, part))
+    lg.initializer.extend(_stub_tensor(t) for t in g.initializer)
+    return light
+
+
+def _stub_tensor(t: onnx.TensorProto) -> onnx.TensorProto:
+    """One element of the same name, type and rank: what the checker needs of an initializer."""
+    stub = onnx.TensorProto(name=t.name, data_type=t.data_type, dims=[1] * len(t.dims))
+    if t.data_type == onnx.TensorProto.STRING:
+        stub.string_data.append(b"")
+    else:
+        try:
+            itemsize = max(1, onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize)
+        except Exception:  # exotic types (4-bit, 8-bit floats): one byte is what they need
+            itemsize = 1
+        stub.raw_data = b"\0" * itemsize
+    return stub
 
 
 def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLike | None = None, *,
@@ -87,7 +135,7 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     else:
         proto = model
     where = str(in_path) if in_path else "model"
-    check_model_supported(proto, where)
+    check_model_supported(proto, where, verify_result)
     timings["load"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
