@@ -108,12 +108,21 @@
   });
 
   // ---- selection ----
-  function reveal(s, i) {
-    var e = elem(s, i);
-    if (!e) return;
-    var v = views[s], r = e.getBoundingClientRect(), vr = v.getBoundingClientRect();
-    v.scrollLeft += (r.left + r.width / 2) - (vr.left + v.clientWidth / 2);
-    v.scrollTop += (r.top + r.height / 2) - (vr.top + v.clientHeight / 2);
+  // scroll so that the nodes (their bounding box) sit in the middle of the view, the first one in view
+  function reveal(s, list) {
+    var es = [].concat(list).map(function (i) { return elem(s, i); }).filter(Boolean);
+    if (!es.length) return;
+    var v = views[s], vr = v.getBoundingClientRect(), b = null;
+    es.forEach(function (e) {
+      var r = e.getBoundingClientRect();
+      b = b ? { l: Math.min(b.l, r.left), t: Math.min(b.t, r.top), r: Math.max(b.r, r.right), b: Math.max(b.b, r.bottom) }
+        : { l: r.left, t: r.top, r: r.right, b: r.bottom };
+    });
+    var first = es[0].getBoundingClientRect();
+    var cx = (b.r - b.l < v.clientWidth ? (b.l + b.r) / 2 : first.left + first.width / 2);
+    var cy = (b.b - b.t < v.clientHeight - 40 ? (b.t + b.b) / 2 : first.top + v.clientHeight / 2 - 40);
+    v.scrollLeft += cx - (vr.left + v.clientWidth / 2);
+    v.scrollTop += cy - (vr.top + v.clientHeight / 2);
   }
   function clear() {
     marked.forEach(function (e) { e.classList.remove("sel", "rel"); });
@@ -136,9 +145,8 @@
       if (rel[t].length) views[t].classList.add("has-sel");
     });
     views[s].classList.add("has-sel");
-    if (opts.from !== "click") reveal(s, i);
-    var o = other(s), first = rel[o].filter(function (j) { return elem(o, j); })[0];
-    if (first !== undefined) reveal(o, first);
+    if (opts.from !== "click") reveal(s, rel[s].indexOf(i) >= 0 ? [i].concat(rel[s]) : [i]);
+    reveal(other(s), rel[other(s)]);
     var gi = node(s, i)[4];
     if (gi >= 0) {
       var tr = document.querySelector('#fusion-table tr[data-g="' + gi + '"]');
@@ -239,11 +247,9 @@
   });
 
   // ---- start: fit widths, then whatever the address names (#R:name / #L:name) ----
-  // start readable (text at about its laid-out size) rather than whole: the selection scrolls into view
-  ["L", "R"].forEach(function (s) {
-    var v = views[s], b = box(s);
-    setZoom(s, Math.max(0.8, Math.min(1.2, (v.clientWidth - 24) / b.w)));
-  });
+  // start readable, the same scale on both sides (text at its laid-out size) rather than the whole graph:
+  // a selection scrolls into view; "fit width" / "fit all" show more
+  ["L", "R"].forEach(function (s) { setZoom(s, 1.1); });
   function fromHash() {
     var h = decodeURIComponent(location.hash.slice(1));
     var m = /^([LR]):(.*)$/.exec(h);
@@ -253,7 +259,7 @@
   // for scripts and tests: select by name, read the current selection
   window.fuserDiff = {
     select: function (side, name) { var i = byName[side][name]; if (i === undefined) return false; select(side, i, {}); return true; },
-    reveal: function (side, name) { reveal(side, byName[side][name]); },
+    reveal: function (side, name) { reveal(side, [byName[side][name]]); },
     selection: function () { return current; },
     fusedNodes: function () { return fusedOrder.map(function (i) { return node("R", i)[0]; }); },
     zoom: zoom

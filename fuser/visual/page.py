@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 
 from .. import __version__
@@ -130,7 +131,8 @@ def _fusion_rows(d: GraphDiff) -> str:
         if g.missing:
             src += " " + ", ".join(f"<s>{_e(m)}</s>" for m in g.missing)
         rows.append(f'<tr class="{g.kind}" data-g="{gi}"><td>{k}</td><td>{_e(g.pattern)}</td><td>{fused}</td>'
-                    f"<td>{_e(g.op_type)}</td><td>{src}</td><td>{_e(g.kernel or '—')}</td>"
+                    f'<td title="{_e(g.op_type)}">{_e(g.op_type.removeprefix("fuser::"))}</td><td>{src}</td>'
+                    f"<td>{_e(g.kernel or '—')}</td>"
                     f"<td>{_e(g.tactic or '—')}</td></tr>")
     return "\n".join(rows)
 
@@ -185,8 +187,11 @@ def _asset(name: str) -> str:
 
 def render_html(d: GraphDiff, title: str | None = None, show_constants: bool = False) -> str:
     lcls, rcls = _classes(d)
-    left_svg = _draw("L", d.original_nodes, lcls, d.original_inputs, d.original_outputs, show_constants, "original")
-    right_svg = _draw("R", d.fused_nodes, rcls, d.fused_inputs, d.fused_outputs, True, "fused")
+    with ThreadPoolExecutor(2) as pool:  # two dot processes at once
+        left = pool.submit(_draw, "L", d.original_nodes, lcls, d.original_inputs, d.original_outputs,
+                           show_constants, "original")
+        right = pool.submit(_draw, "R", d.fused_nodes, rcls, d.fused_inputs, d.fused_outputs, True, "fused")
+        left_svg, right_svg = left.result(), right.result()
     data = json.dumps(_data(d, lcls, rcls, show_constants), ensure_ascii=False, separators=(",", ":"))
     data = data.replace("</", "<\\/").replace("<!--", "<\\!--")
     nb, na = len(d.original_nodes), len(d.fused_nodes)
