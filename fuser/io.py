@@ -69,34 +69,24 @@ def _load_external_data(model: onnx.ModelProto, base: Path, p: Path) -> None:
 
 
 def save_model_atomic(model: onnx.ModelProto, out: str | os.PathLike) -> None:
-    """Write ``model`` to ``out`` atomically; external data (``<out>.data``) when over 2 GiB."""
+    """Write ``model`` to ``out`` atomically; external data (``<out>.data``) when over 2 GiB.
+
+    The bytes go to a temporary file in the target folder, are flushed to disk, and only then renamed
+    over ``out``: a full disk, a read-only folder or an interruption (SIGINT) leaves no partial file —
+    the temporary file is removed on every way out."""
     out = Path(out)
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise InputError(f"{out}: output folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"{out}: output folder {parent} is not writable")
     big = approx_size(model) > _TWO_GIB - (64 << 20)  # margin for the graph itself
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent)
-    os.close(fd)
     data_name = out.name + ".data"
-    tmp_data = None
+    tmp = tmp_data = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent)
+        os.close(fd)
         if big:
             tmp_data = tmp + ".data"
-            onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=os.path.basename(tmp_data), size_threshold=1024)
-            # the model refers to its data by name: point it at the final name before the renames
-            m2 = onnx.load(tmp, load_external_data=False)
-            from onnx.external_data_helper import _get_all_tensors, uses_external_data
-
-            for t in _get_all_tensors(m2):
-                if uses_external_data(t):
-                    for e in t.external_data:
-                        if e.key == "location":
-                            e.value = data_name
-            with open(tmp, "wb") as f:
-                f.write(m2.SerializeToString())
+            _save_external(model, tmp, os.path.basename(tmp_data), data_name)
             os.replace(tmp_data, parent / data_name)
             tmp_data = None
         else:
@@ -105,12 +95,35 @@ def save_model_atomic(model: onnx.ModelProto, out: str | os.PathLike) -> None:
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, out)
+        tmp = None
     except OSError as e:
-        raise InputError(f"{out}: cannot write ({e.strerror or e})") from None
+        raise InputError(f"{out}: cannot write ({e.strerror or e}); nothing written") from None
     finally:
         for leftover in (tmp, tmp_data):
             if leftover and os.path.exists(leftover):
                 os.unlink(leftover)
+
+
+def _save_external(model: onnx.ModelProto, path: str, tmp_location: str, final_location: str) -> None:
+    """Save with all large tensors in one data file named ``tmp_location``, then point the model at
+    ``final_location`` (the name the data file will have once renamed into place). The caller's model
+    is not modified."""
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=tmp_location, size_threshold=1024)
+    # onnx.save_model converted the caller's tensors in place: bring their data back
+    onnx.load_external_data_for_model(model, os.path.dirname(path) or ".")
+    m2 = onnx.load(path, load_external_data=False)
+    for t in _get_all_tensors(m2):
+        if uses_external_data(t):
+            for e in t.external_data:
+                if e.key == "location":
+                    e.value = final_location
+    with open(path, "wb") as f:
+        f.write(m2.SerializeToString())
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def approx_size(model: onnx.ModelProto) -> int:
