@@ -392,48 +392,98 @@ def _match_decomposed(ctx: PassContext, rm1: gs.Node) -> Core | None:
 
 # -- rewrite --------------------------------------------------------------------------------------------------
 
-def _rewrite(ctx: PassContext, core: Core) -> None:
+@dataclass
+class Branch:
+    """One fused node's worth: the affine folded so far, the nodes absorbed after the core, the result."""
+
+    gamma: np.ndarray
+    beta: np.ndarray
+    nodes: list[gs.Node]
+    out: gs.Tensor
+    activation: object = None  # ActivationMatch
+
+
+def _affine_step(node: gs.Node, t: gs.Tensor, c: int, rank: int) -> tuple[str, np.ndarray] | None:
+    """(op, per-channel vector) when ``node`` applies a constant per-channel Mul/Div/Add/Sub to ``t``."""
+    if node.op not in ("Mul", "Div", "Add", "Sub") or len(node.inputs) != 2 or len(node.outputs) != 1:
+        return None
+    if node.inputs[0] is t and node.inputs[1] is t:
+        return None
+    other = node.inputs[1] if node.inputs[0] is t else node.inputs[0]
+    v = const_value(other)
+    if v is None or (node.op in ("Sub", "Div") and node.inputs[0] is not t):
+        return None
+    vec = channel_vector(v, c, rank)
+    if vec is None or (node.op == "Div" and np.any(vec == 0)):
+        return None
+    return node.op, vec
+
+
+def _branch(ctx: PassContext, core: Core, first: gs.Node | None) -> Branch:
+    """Fold the per-channel affine chain (Mul(γ) → Add(β) in any mix) and the activation after the core
+    (starting with ``first`` when the core's result has several consumers)."""
     graph = ctx.graph
     shape, c = _x_info(core.x)
-    rank = len(shape)
-    gamma, beta = core.gamma, core.beta
-    sources = list(core.nodes)
-    out = core.out
-    while single_use_intermediate(graph, out):  # the per-channel affine: Mul(γ) → Add(β), in any mix
-        nxt = out.outputs[0]
-        if nxt.op not in ("Mul", "Div", "Add", "Sub") or len(nxt.inputs) != 2 or len(nxt.outputs) != 1:
+    b = Branch(core.gamma.copy(), core.beta.copy(), [], core.out)
+    nxt = first
+    while nxt is not None:
+        step = _affine_step(nxt, b.out, c, len(shape))
+        if step is None:
             break
-        other = nxt.inputs[1] if nxt.inputs[0] is out else nxt.inputs[0]
-        v = const_value(other)
-        if v is None or other is out or (nxt.op in ("Sub", "Div") and nxt.inputs[0] is not out):
-            break
-        vec = channel_vector(v, c, rank)
-        if vec is None or (nxt.op == "Div" and np.any(vec == 0)):
-            break
-        if nxt.op == "Mul":
-            gamma, beta = gamma * vec, beta * vec
-        elif nxt.op == "Div":
-            gamma, beta = gamma / vec, beta / vec
+        op, vec = step
+        if op == "Mul":
+            b.gamma, b.beta = b.gamma * vec, b.beta * vec
+        elif op == "Div":
+            b.gamma, b.beta = b.gamma / vec, b.beta / vec
         else:
-            beta = beta + (vec if nxt.op == "Add" else -vec)
-        sources.append(nxt)
-        out = nxt.outputs[0]
-    act = match_activation_after(graph, out, ctx.opset)
-    if act is not None and act.activation not in GROUP_NORM_ACTIVATIONS:
-        act = None
+            b.beta = b.beta + (vec if op == "Add" else -vec)
+        b.nodes.append(nxt)
+        b.out = nxt.outputs[0]
+        nxt = b.out.outputs[0] if single_use_intermediate(graph, b.out) else None
+    act = match_activation_after(graph, b.out, ctx.opset)  # one consumer, or the SiLU diamond's two
+    if act is not None and act.activation in GROUP_NORM_ACTIVATIONS:
+        b.activation = act
+        b.nodes += act.nodes
+        b.out = act.out
+    return b
+
+
+def _rewrite(ctx: PassContext, core: Core) -> None:
+    graph = ctx.graph
+    out = core.out
+    users = _unique(out.outputs)
+    if out in graph.outputs or len(users) < 2:
+        _emit(ctx, core, _branch(ctx, core, users[0] if users and out not in graph.outputs else None))
+        return
+    # Several GroupNorms of the same X share one normalisation (dynamo's CSE merges them): each affine
+    # branch becomes its own fused node that recomputes the statistics from X (one read of X instead of
+    # writing and re-reading the normalised tensor); any other consumer gets the plain normalisation.
+    shape, c = _x_info(core.x)
+    starts = [u for u in users if _affine_step(u, out, c, len(shape)) is not None]
+    if not starts or any(u.op in ("Sigmoid", "Mul") for u in users if u not in starts):
+        _emit(ctx, core, _branch(ctx, core, None))  # the SiLU diamond, or nothing to split
+        return
+    branches = [_branch(ctx, core, u) for u in starts]
+    if len(starts) < len(users):
+        branches.append(Branch(core.gamma.copy(), core.beta.copy(), [], out))
+    for b in branches:
+        _emit(ctx, core, b)
+
+
+def _emit(ctx: PassContext, core: Core, b: Branch) -> None:
+    sources = [*core.nodes, *b.nodes]
     dtype = np.dtype(core.x.dtype)
-    base = sources[0].name
-    inputs: list[gs.Tensor] = [core.x, ctx.names.constant(f"{base}.gamma", gamma.astype(dtype)),
-                               ctx.names.constant(f"{base}.beta", beta.astype(dtype))]
+    base = core.nodes[0].name
+    inputs: list[gs.Tensor] = [core.x, ctx.names.constant(f"{base}.gamma", b.gamma.astype(dtype)),
+                               ctx.names.constant(f"{base}.beta", b.beta.astype(dtype))]
     if group_norm_constants_as_inputs(ctx.opset):
         inputs.append(ctx.names.constant(f"{base}.epsilon", np.array(core.epsilon, dtype=dtype)))
         inputs.append(ctx.names.constant(f"{base}.group_shape", np.array([0, core.num_groups, -1], dtype=np.int64)))
     attrs = {"num_groups": int(core.num_groups), "epsilon": float(np.float32(core.epsilon)), "activation": "",
              "alpha": 0.01, "beta": 0.0, "clip_min": float("-inf"), "clip_max": float("inf")}
-    if act is not None:
-        attrs.update(act.attrs())
-        sources += act.nodes
-        out = act.out
-    activation = act.activation if act is not None else ""
+    activation = ""
+    if b.activation is not None:
+        attrs.update(b.activation.attrs())
+        activation = b.activation.activation
     pattern = f"group_norm_{core.form}" + ("_" + activation.lower() if activation else "")
-    ctx.fused_node(FusedOpType("GroupNorm", activation), inputs, out, attrs, pattern, sources)
+    ctx.fused_node(FusedOpType("GroupNorm", activation), inputs, b.out, attrs, pattern, sources)

@@ -1,13 +1,15 @@
 """GroupNorm models exported from PyTorch by both exporters: TorchScript (opset 17), dynamo (opset 18,
 and 21 where the exporter writes GroupNormalization-21 itself).
 
-Small replicas of the architectures GroupNorm lives in: a ResNet bottleneck with GroupNorm, BiT's
-pre-activation block (GroupNorm+ReLU before a weight-standardized Conv), a diffusion UNet ResBlock
-(GroupNorm+SiLU, eps 1e-6), wav2vec2's feature encoder (Conv1d → GroupNorm with groups == channels →
-GELU), a GroupNorm without affine on a 5-D input, fp16; and, when ``transformers`` is installed, a
-tiny Wav2Vec2Model built from a config (no download). The judge: every nn.GroupNorm is exactly one fused
-node, nothing of it is left behind, and the model verifies against the original in onnxruntime; with
-``--target onnx`` the output has no ``fuser`` domain and, at opset 21, one GroupNormalization per GroupNorm.
+The full ResNet-50 layout with GroupNorm(32, C) (53 of them) and small replicas of the other places
+GroupNorm lives in: a ResNet bottleneck, BiT's pre-activation bottleneck (GroupNorm+ReLU before timm's
+weight-standardized Convs), two GroupNorms of one tensor (which dynamo's CSE merges), a diffusion UNet
+ResBlock (GroupNorm+SiLU, eps 1e-6), wav2vec2's feature encoder (Conv1d → GroupNorm with groups ==
+channels → GELU), GroupNorm without affine on a 5-D input, fp16; and, when ``transformers`` is
+installed, a tiny Wav2Vec2Model built from a config (no download). The judge: every nn.GroupNorm is
+exactly one fused node, nothing of it is left behind, and the model verifies against the original in
+onnxruntime; with ``--target onnx`` the output has no ``fuser`` domain and, at opset 21, one
+GroupNormalization per GroupNorm.
 """
 
 from __future__ import annotations
@@ -26,17 +28,17 @@ F = torch.nn.functional
 
 import fuser  # noqa: E402
 
-LEFTOVERS = ("InstanceNormalization", "GroupNormalization", "ReduceMean")
+LEFTOVERS = ("InstanceNormalization", "GroupNormalization")
 
 
 class StdConv2d(nn.Conv2d):
-    """BiT's weight-standardized Conv (timm's StdConv2d): the standardization runs in the graph."""
+    """BiT's weight-standardized Conv as timm writes it (batch_norm in training mode over the weight): the
+    standardization is in the exported graph, on constants."""
 
     def forward(self, x):
-        w = self.weight
-        m = w.mean(dim=(1, 2, 3), keepdim=True)
-        v = w.var(dim=(1, 2, 3), keepdim=True, unbiased=False)
-        return F.conv2d(x, (w - m) / torch.sqrt(v + 1e-6), self.bias, self.stride, self.padding)
+        w = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None, training=True, momentum=0.0,
+                         eps=1e-8).reshape_as(self.weight)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding)
 
 
 class ResNetGN(nn.Module):
@@ -55,23 +57,86 @@ class ResNetGN(nn.Module):
         return torch.relu(self.c3(self.c2(self.c1(x))) + self.down(x))
 
 
+class Bottleneck(nn.Module):
+    """torchvision's ResNet-50 Bottleneck (stride on the 3x3) with norm_layer = GroupNorm(32, C)."""
+
+    def __init__(self, cin: int, width: int, stride: int) -> None:
+        super().__init__()
+        cout = width * 4
+        self.conv1, self.bn1 = nn.Conv2d(cin, width, 1, bias=False), nn.GroupNorm(32, width)
+        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.GroupNorm(32, width)
+        self.conv3, self.bn3 = nn.Conv2d(width, cout, 1, bias=False), nn.GroupNorm(32, cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.GroupNorm(32, cout))
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = torch.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return torch.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class ResNet50GN(nn.Module):
+    """The full ResNet-50 layout (3, 4, 6, 3 bottlenecks) with GroupNorm(32, C): 53 GroupNorms."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.GroupNorm(32, 64), nn.ReLU(),
+                                  nn.MaxPool2d(3, 2, 1))
+        blocks, cin = [], 64
+        for width, n, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+            for i in range(n):
+                blocks.append(Bottleneck(cin, width, stride if i == 0 else 1))
+                cin = width * 4
+        self.layers = nn.Sequential(*blocks)
+        self.fc = nn.Linear(2048, 10)
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(self.layers(self.stem(x)), 1).flatten(1))
+
+
+class GroupNormAct(nn.GroupNorm):
+    def forward(self, x):
+        return torch.relu(super().forward(x))
+
+
 class BiTish(nn.Module):
-    """BiT's pre-activation bottleneck: GroupNorm+ReLU before weight-standardized Convs."""
+    """timm's ResNetV2 (BiT): a PreActBottleneck (norm1 → downsample and conv1; GroupNorm+ReLU before each
+    weight-standardized Conv), then the final norm."""
 
     def __init__(self) -> None:
         super().__init__()
         self.stem = StdConv2d(3, 32, 3, 2, 1, bias=False)
-        self.gn1 = nn.GroupNorm(8, 32)
+        self.norm1 = GroupNormAct(8, 32)
+        self.downsample = StdConv2d(32, 64, 1, bias=False)
         self.conv1 = StdConv2d(32, 16, 1, bias=False)
-        self.gn2 = nn.GroupNorm(8, 16)
-        self.conv2 = StdConv2d(16, 32, 3, 1, 1, bias=False)
-        self.gn3 = nn.GroupNorm(8, 32)
+        self.norm2 = GroupNormAct(8, 16)
+        self.conv2 = StdConv2d(16, 16, 3, 1, 1, bias=False)
+        self.norm3 = GroupNormAct(8, 16)
+        self.conv3 = StdConv2d(16, 64, 1, bias=False)
+        self.norm = GroupNormAct(32, 64)
 
     def forward(self, x):
         x = self.stem(x)
-        y = self.conv1(torch.relu(self.gn1(x)))
-        x = x + self.conv2(torch.relu(self.gn2(y)))
-        return torch.relu(self.gn3(x))
+        x_preact = self.norm1(x)
+        shortcut = self.downsample(x_preact)
+        x = self.conv3(self.norm3(self.conv2(self.norm2(self.conv1(x_preact)))))
+        return self.norm(x + shortcut)
+
+
+class SharedInput(nn.Module):
+    """Two GroupNorms of one tensor with the same groups and eps: dynamo's CSE merges their normalisation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, 1, 1)
+        self.a = nn.GroupNorm(4, 16)
+        self.b = nn.GroupNorm(4, 16)
+
+    def forward(self, x):
+        x = self.conv(x)
+        return torch.relu(self.a(x)), self.b(x)
 
 
 class UNetish(nn.Module):
@@ -123,9 +188,9 @@ class Volumetric(nn.Module):
         return torch.sigmoid(self.norm2(self.conv2(F.leaky_relu(self.norm(self.conv(x)), 0.2))))
 
 
-MODELS = {"resnet_gn": (ResNetGN, (2, 3, 32, 32)), "bit": (BiTish, (2, 3, 32, 32)),
-          "unet": (UNetish, (2, 4, 16, 16)), "wav2vec2": (Wav2Vec2ish, (2, 1600)),
-          "volumetric": (Volumetric, (2, 2, 6, 8, 8))}
+MODELS = {"resnet_gn": (ResNetGN, (2, 3, 32, 32)), "resnet50_gn": (ResNet50GN, (1, 3, 64, 64)),
+          "bit": (BiTish, (2, 3, 32, 32)), "unet": (UNetish, (2, 4, 16, 16)), "wav2vec2": (Wav2Vec2ish, (2, 1600)),
+          "volumetric": (Volumetric, (2, 2, 6, 8, 8)), "shared_input": (SharedInput, (2, 3, 16, 16))}
 EXPORTERS = {"torchscript17": (False, 17), "dynamo18": (True, 18), "dynamo21": (True, 21)}
 
 

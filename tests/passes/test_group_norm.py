@@ -237,6 +237,29 @@ def test_shared_constants_between_group_norms():
     assert_equivalent(m, out)
 
 
+@pytest.mark.parametrize("raw_consumer", [False, True])
+def test_shared_normalisation_splits_into_one_node_per_group_norm(raw_consumer):
+    """dynamo's CSE merges two GroupNorms of the same X into one normalisation with two Mul/Add tails;
+    each becomes its own fused node (a consumer of the plain normalisation gets one more)."""
+    g = GraphBuilder(30)
+    y, _ = torch_gn(g, g.input("X", ["N", 8, "H", "W"]), 8, 4, 4, affine=False)
+    for k in ("a", "b"):
+        z = g.node("Add", [g.node("Mul", [y, g.weight(f"{k}.gamma", (8, 1, 1), 0.5, 1.5)], name=f"{k}.mul"),
+                           g.weight(f"{k}.beta", (8, 1, 1))], name=f"{k}.add")
+        g.node("Relu", [z], [f"Z{k}"], name=f"{k}.relu")
+        g.output(f"Z{k}")
+    if raw_consumer:
+        g.node("Neg", [y], ["Zn"], name="neg")
+        g.output("Zn")
+    m = g.model(opset=18)
+    out = fuse(m).model
+    want = {"fuser::FusedGroupNormRelu": 2}
+    if raw_consumer:
+        want.update({GN: 1, "Neg": 1})
+    assert ops(out) == want
+    assert_equivalent(m, out)
+
+
 # -- (b) GroupNormalization-18 / -21 ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("opset", [18, 21])
