@@ -5,6 +5,8 @@ Matches three forms of the same computation on X [N, C, *spatial]::
     (a) PyTorch's export (TorchScript and dynamo, any number of groups, groups == channels included):
 
     X ─► Reshape([0|N|-1, G, -1 …]) ─► InstanceNormalization(s[G], b[G], ε) ─► Reshape(Shape(X) | X's dims) ─► y
+        (for X [N, C, L] with G == C the first Reshape is a no-op and dynamo drops the second; an
+        InstanceNormalization on its own is GroupNorm with G = C of its input)
 
     (b) the standard op: GroupNormalization-18 (scale/bias per group) or -21 (per channel) ─► y
 
@@ -17,6 +19,10 @@ Matches three forms of the same computation on X [N, C, *spatial]::
         (the Sub may be written twice, once for the variance and once for the division)
 
     then, on all three:  y ─► [Mul(γ) | Add(β) | Div(c) | Sub(c)]* ─► [Act] ─► z
+
+    When y feeds several such tails (dynamo's CSE merges GroupNorms of one tensor with the same G and ε),
+    each tail becomes its own fused node recomputing the statistics from X; other consumers of y get one
+    more fused node without affine.
 
 Act is any activation the GroupNorm kernel's epilogue takes: Relu, LeakyRelu, Sigmoid, HardSigmoid,
 HardSwish, Tanh, and SiLU as the x·Sigmoid(x) diamond (Clip stays a node: the epilogue has no bounds).
@@ -40,7 +46,7 @@ target as inputs (see :func:`fuser.fused.group_norm_constants_as_inputs`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -67,7 +73,6 @@ class Core:
     epsilon: float
     gamma: np.ndarray  # float64 [C]
     beta: np.ndarray  # float64 [C]
-    detail: dict = field(default_factory=dict)
 
 
 def run(ctx: PassContext) -> int:
@@ -309,8 +314,7 @@ def _match_op(ctx: PassContext, gn: gs.Node) -> Core | None:
     s, b = _per_channel(s, g, c), _per_channel(b, g, c)
     if s is None or b is None:
         return None
-    return Core("op", x, gn.outputs[0], [gn], g, float(gn.attrs.get("epsilon", 1e-5)), s, b,
-                {"version": 21 if ctx.opset >= 21 else 18})
+    return Core("op", x, gn.outputs[0], [gn], g, float(gn.attrs.get("epsilon", 1e-5)), s, b)
 
 
 # -- (c) the ReduceMean / Sub / Pow / ReduceMean / Add / Sqrt / Div decomposition ------------------------------

@@ -188,7 +188,7 @@ class Volumetric(nn.Module):
         return torch.sigmoid(self.norm2(self.conv2(F.leaky_relu(self.norm(self.conv(x)), 0.2))))
 
 
-MODELS = {"resnet_gn": (ResNetGN, (2, 3, 32, 32)), "resnet50_gn": (ResNet50GN, (1, 3, 64, 64)),
+MODELS = {"resnet_gn": (ResNetGN, (2, 3, 32, 32)), "resnet50_gn": (ResNet50GN, (1, 3, 32, 32)),
           "bit": (BiTish, (2, 3, 32, 32)), "unet": (UNetish, (2, 4, 16, 16)), "wav2vec2": (Wav2Vec2ish, (2, 1600)),
           "volumetric": (Volumetric, (2, 2, 6, 8, 8)), "shared_input": (SharedInput, (2, 3, 16, 16))}
 EXPORTERS = {"torchscript17": (False, 17), "dynamo18": (True, 18), "dynamo21": (True, 21)}
