@@ -272,7 +272,7 @@ def test_group_norm_export(name: str, exporter: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("exporter", ["torchscript17", "dynamo18"])
+@pytest.mark.parametrize("exporter", sorted(EXPORTERS))
 def test_group_norm_export_fp16(exporter: str) -> None:
     module = UNetish()
     n_gn = randomize_norms(module)
@@ -286,6 +286,29 @@ def test_group_norm_export_fp16(exporter: str) -> None:
     f = next(n for n in res.model.graph.node if n.op_type.startswith("FusedGroupNorm"))
     gamma = next(t for t in res.model.graph.initializer if t.name == f.input[1])
     assert gamma.data_type == onnx.TensorProto.FLOAT16
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("opset", [18, 21])
+@pytest.mark.parametrize("name", ["unet", "wav2vec2", "resnet_gn"])
+def test_dynamo_dynamic_shapes(name: str, opset: int) -> None:
+    """dynamo with a symbolic batch and symbolic spatial/time dims: still one fused node per GroupNorm."""
+    cls, shape = MODELS[name]
+    module = cls().eval()
+    n_gn = randomize_norms(module)
+    dims = {0: torch.export.Dim("batch", min=1, max=64), **{i: torch.export.Dim.AUTO for i in range(2, len(shape))}}
+    if len(shape) == 2:
+        dims[1] = torch.export.Dim.AUTO
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = torch.onnx.export(module, (torch.randn(*shape),), dynamo=True, opset_version=opset,
+                                      dynamic_shapes=(dims,), verbose=False).model_proto
+    except Exception as e:
+        pytest.skip(f"exporter failed: {type(e).__name__}: {str(e)[:100]}")
+    model.ir_version = min(model.ir_version, 10)
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # the batch is symbolic
+    check_fused(model, n_gn, {model.graph.input[0].name: list(shape)})
 
 
 @pytest.mark.slow
