@@ -7,7 +7,14 @@ events; the median replay time / inner is reported (min and max too). Inputs are
 data. Accuracy is measured against a float64 reference computed on the GPU by torch in float64:
 SNR in dB (10 log10 |ref|^2 / |out - ref|^2) and cosine similarity, for ours and for torch.
 
-Usage: python bench/bench_kernels.py [--out DIR] [--quick]
+LeakyReLU rows (``bench_leaky``) time every compiled launch configuration against torch in two
+output regimes, each ``--repeat`` times (interleaved), so the run-to-run spread is measured:
+``rot`` = every captured call writes its own output buffer (ours and ``aten::leaky_relu.out``);
+``one`` = every call writes the same output buffer, which is what ``F.leaky_relu`` does inside a
+captured graph (its freed output block is handed straight back to the next call, so a small output
+stays in L2).
+
+Usage: python bench/bench_kernels.py [--out DIR] [--quick] [--only leaky] [--repeat N]
 torch is used only here (allocation, baselines, timing); the library itself does not need it.
 """
 
@@ -27,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from fuser.kernels import batchnorm, group_norm, leaky_relu
 from fuser.kernels.backend import select_backend
 
@@ -215,10 +223,132 @@ def bench_bn(b: Bench, shape: tuple[int, ...], caps: bool, eps: float = 1e-5) ->
                "F.batch_norm(eval)+F.leaky_relu", "info")
 
 
+LEAKY_ALPHA = 0.01
+
+
+def _spread(v: list[float]) -> float:
+    return max(v) - min(v)
+
+
+def bench_leaky(b: Bench, n: int, dtype: torch.dtype, configs: list[tuple[str, int, int]],
+                repeat: int, offs: tuple[int, int] = (0, 0), tag: str = "") -> None:
+    """LeakyReLU at ``n`` elements: each listed config of ``leaky_relu.CONFIGS`` (``*`` marks the one
+    ``choose_config`` picks for this size), torch allocating
+    (``F.leaky_relu``) and torch writing a given output (``aten::leaky_relu.out``), in the ``rot`` and
+    ``one`` output regimes (module docstring), ``repeat`` times each, interleaved. ``offs`` shifts
+    input/output by that many elements (head/tail path). Every config's output is checked bit-equal
+    to torch's and fully written before it is timed."""
+    esz = torch.empty(0, dtype=dtype).element_size()
+    rule = leaky_relu.choose_config(n, esz)
+    moved = 2 * n * esz
+    ns = nsets_for(moved, b.l2)
+    pad = 16 // esz
+    xb = [randn((n + pad,), dtype) for _ in range(ns)]
+    yb = [torch.empty(n + pad, device="cuda", dtype=dtype) for _ in range(ns)]
+    xs = [t[offs[0]:offs[0] + n] for t in xb]
+    ys = [t[offs[1]:offs[1] + n] for t in yb]
+    t_copy = b.copy_time(n, dtype)
+    ref_t = F.leaky_relu(xs[0], LEAKY_ALPHA)
+    r64 = F.leaky_relu(xs[0].double(), LEAKY_ALPHA)
+    bsnr, _ = accuracy(ref_t, r64)
+    runners = {}
+    acc = {}
+    for cfg in configs:
+        r = leaky_relu.Runner(b.be, n, np.dtype(str(dtype).replace("torch.", "")), LEAKY_ALPHA, config=cfg)
+        ys[0].fill_(float("nan"))
+        r((xs[0].data_ptr(),), ys[0].data_ptr(), torch.cuda.current_stream().cuda_stream)
+        torch.cuda.synchronize()
+        snr, cos = accuracy(ys[0], r64)
+        acc[cfg] = (snr, cos, bool(torch.isfinite(ys[0]).all().item()), bool(torch.equal(ys[0], ref_t)))
+        runners[cfg] = r
+    del r64, ref_t
+    regimes = ["rot", "one"] if ns > 1 else ["rot"]
+    alloc_ptrs: list[int] = []
+
+    def torch_alloc(i: int, st: int) -> torch.Tensor:
+        out = F.leaky_relu(xs[i], LEAKY_ALPHA)
+        alloc_ptrs.append(out.data_ptr())
+        return out
+
+    torch_calls = {"rot": lambda i, st: torch.ops.aten.leaky_relu.out(xs[i], LEAKY_ALPHA, out=ys[i]),
+                   "one": torch_alloc}
+    tt: dict[str, list[float]] = {g: [] for g in regimes}
+    to: dict[tuple[Any, str], list[float]] = {(c, g): [] for c in configs for g in regimes}
+    for _ in range(repeat):
+        for g in regimes:
+            alloc_ptrs.clear()
+            tt[g].append(time_graph(torch_calls[g], ns)["median_ms"])
+            if g == "one":
+                distinct_alloc = len(set(alloc_ptrs[-max(20, ns):]))
+            for cfg in configs:
+                r = runners[cfg]
+                one = g == "one"
+
+                def call(i: int, st: int, r: Any = r, one: bool = one) -> None:
+                    r((xs[i].data_ptr(),), ys[0 if one else i].data_ptr(), st)
+
+                to[(cfg, g)].append(time_graph(call, ns)["median_ms"])
+    name = f"leaky_relu {n / 2**20:g}M{'' if dtype == torch.float32 else ' fp16'}{tag}"
+    for g in regimes:
+        for cfg in configs:
+            o = to[(cfg, g)]
+            t = tt[g]
+            ours_ms, torch_ms = statistics.median(o), statistics.median(t)
+            snr, cos, finite, exact = acc[cfg]
+            scheme, blk, vpt = cfg
+            label = f"{scheme}{blk}x{vpt}{'*' if cfg == rule else ''}"
+            row = {
+                "case": f"{name} {label} [{g}]", "shape": [n], "dtype": str(dtype).replace("torch.", ""),
+                "config": list(cfg), "default": cfg == rule, "regime": g, "offsets": list(offs),
+                "baseline": "aten::leaky_relu.out (rotating outputs)" if g == "rot"
+                else "F.leaky_relu (allocating; one reused output in the graph)",
+                "torch_ms": torch_ms, "ours_ms": ours_ms, "torch_reps_ms": t, "ours_reps_ms": o,
+                "torch_spread_ms": _spread(t), "ours_spread_ms": _spread(o),
+                "copy_ms": t_copy["median_ms"], "torch_copy_ms": t_copy["torch_copy_ms"],
+                "memcpy_ms": t_copy["memcpy_ms"], "bytes": moved, "ours_gbs": moved / ours_ms / 1e6,
+                "copy_gbs": moved / t_copy["median_ms"] / 1e6, "speedup": torch_ms / ours_ms,
+                "snr_db": snr, "cos": cos, "torch_snr_db": bsnr, "finite": finite, "equal_to_torch": exact,
+                "nsets": ns,
+            }
+            if g == "one":
+                row["torch_alloc_distinct_outputs"] = distinct_alloc
+            row["pct_copy"] = 100.0 * row["ours_gbs"] / row["copy_gbs"]
+            b.rows.append(row)
+            print(f"[leaky] {row['case']:44s} torch {torch_ms:.5f} ({' '.join(f'{v:.5f}' for v in t)}) "
+                  f"ours {ours_ms:.5f} ({' '.join(f'{v:.5f}' for v in o)}) x{row['speedup']:.3f} "
+                  f"{row['pct_copy']:.1f}% copy; snr {snr:.1f} (torch {bsnr:.1f}) finite {finite} "
+                  f"equal {exact}" + (f"; torch outputs in graph: {distinct_alloc}" if g == "one" else ""))
+
+
+def leaky_table(rows: list[dict[str, Any]]) -> None:
+    print("\nLEAKY (median of repeats, ms; spread = max-min of the repeats' medians; x = torch/ours)")
+    print(f"{'case':46s} {'torch':>8s} {'+-':>6s} {'ours':>8s} {'+-':>6s} {'x':>6s} {'%copy':>6s} eq")
+    for r in rows:
+        if "regime" not in r:
+            continue
+        print(f"{r['case'][:46]:46s} {r['torch_ms']:8.5f} {r['torch_spread_ms']:6.5f} {r['ours_ms']:8.5f} "
+              f"{r['ours_spread_ms']:6.5f} {r['speedup']:6.3f} {r['pct_copy']:6.1f} "
+              f"{'Y' if r['equal_to_torch'] and r['finite'] else 'N'}")
+
+
+def dump_cubin(be: Any, path: str) -> None:
+    """The LeakyReLU family's module as this device's NVRTC builds it (for cuobjdump -sass)."""
+    from fuser.kernels import toolchain
+
+    code = toolchain.compile_family(be.name, be.arch, leaky_relu.SOURCE, leaky_relu.NAME, warp_size=be.warp_size)
+    with open(path, "wb") as f:
+        f.write(code.image)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", ""))
     ap.add_argument("--quick", action="store_true", help="small sizes only (smoke)")
+    ap.add_argument("--only", choices=["all", "leaky"], default="all", help="leaky: LeakyReLU rows only")
+    ap.add_argument("--repeat", type=int, default=2, help="LeakyReLU: times each config is timed")
+    ap.add_argument("--configs", choices=["all", "final"], default="all",
+                    help="LeakyReLU: every compiled config, or the default and the old stride kernel")
+    ap.add_argument("--cubin", default="", help="write the LeakyReLU module (cubin) here")
     args = ap.parse_args()
     torch.manual_seed(0)
     b = Bench(args.quick)
@@ -241,7 +371,7 @@ def main() -> int:
     ours_us = (t1 - t0) / n_launch * 1e6
     t0 = time.perf_counter()
     for _ in range(n_launch):
-        be.launch(r1.fn, (1, 1, 1), (256, 1, 1), r1.args, 0, 0)
+        be.launch(r1.fn, (1, 1, 1), (r1.block, 1, 1), r1.args, 0, 0)
     t1 = time.perf_counter()
     torch.cuda.synchronize()
     raw_us = (t1 - t0) / n_launch * 1e6
@@ -256,45 +386,41 @@ def main() -> int:
           f"{raw_us:.2f} us, torch F.leaky_relu {torch_us:.2f} us")
 
     # ---- LeakyReLU ---------------------------------------------------------------------------------
-    sizes = [1 << 20, 1 << 24] if args.quick else [1 << 20, 1 << 24, 1 << 26, 1 << 28]
-    for n in sizes:
-        runner = leaky_relu.Runner(be, n, np.float32, 0.01)
-        goal = "never slower than torch" + ("; >=95% copy" if n >= 1 << 24 else "")
-        b.case(f"leaky_relu {n >> 20}M", (n,), torch.float32, lambda n=n: randn((n,), torch.float32),
-               lambda x, y, st, r=runner: r((x.data_ptr(),), y.data_ptr(), st),
-               lambda x: F.leaky_relu(x, 0.01), lambda x: F.leaky_relu(x.double(), 0.01),
-               "F.leaky_relu", goal)
-    n = 1 << 26 if not args.quick else 1 << 22
-    rh = leaky_relu.Runner(be, n, np.float16, 0.01)
-    b.case(f"leaky_relu {n >> 20}M fp16", (n,), torch.float16, lambda: randn((n,), torch.float16),
-           lambda x, y, st: rh((x.data_ptr(),), y.data_ptr(), st),
-           lambda x: F.leaky_relu(x, 0.01), lambda x: F.leaky_relu(x.double(), 0.01), "F.leaky_relu", "info")
-    # Launch-rule comparison in the same run: run 1's persistent grid (8 blocks/SM, grid-stride) and
-    # fixed vectors per thread, against the default rule above.
-    n = 1 << 26 if not args.quick else 1 << 22
-    for label, kw in (("persistent sms*8", {"max_blocks": be.num_sms * 8}), ("vpt=4", {"vectors_per_thread": 4})):
-        rc = leaky_relu.Runner(be, n, np.float32, 0.01, **kw)
-        b.case(f"leaky_relu {n >> 20}M {label}", (n,), torch.float32,
-               lambda n=n: randn((n,), torch.float32),
-               lambda x, y, st, r=rc: r((x.data_ptr(),), y.data_ptr(), st),
-               lambda x: F.leaky_relu(x, 0.01), lambda x: F.leaky_relu(x.double(), 0.01), "F.leaky_relu",
-               "info")
+    if args.cubin:
+        dump_cubin(be, args.cubin)
+    old = ("stride", 256, 2)
 
-    n = 1 << 20
-    for label, kw in (("vpt=2", {"vectors_per_thread": 2}), ("vpt=4", {"vectors_per_thread": 4})):
-        rc = leaky_relu.Runner(be, n, np.float32, 0.01, **kw)
-        b.case(f"leaky_relu 1M {label}", (n,), torch.float32, lambda: randn((n,), torch.float32),
-               lambda x, y, st, r=rc: r((x.data_ptr(),), y.data_ptr(), st),
-               lambda x: F.leaky_relu(x, 0.01), lambda x: F.leaky_relu(x.double(), 0.01), "F.leaky_relu",
-               "info")
+    def pick(n: int, esz: int, extra: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
+        """The rule's config, the pre-2026-11-21 stride kernel, then ``extra`` (all configs unless
+        --configs final)."""
+        out = [leaky_relu.choose_config(n, esz), old]
+        return out + ([] if args.configs == "final" else [c for c in extra if c not in out])
+
+    big_extra = [("tile", 128, 1), ("tile", 128, 2), ("tile", 256, 1)]
+    sizes = [1 << 20, 1 << 24] if args.quick else [1 << 20, 1 << 22, 1 << 24, 1 << 26, 1 << 28]
+    for n in sizes:
+        bench_leaky(b, n, torch.float32, pick(n, 4, leaky_relu.CONFIGS if n < 1 << 28 else big_extra), args.repeat)
+        torch.cuda.empty_cache()
+    n = 1 << 26 if not args.quick else 1 << 22
+    bench_leaky(b, n, torch.float16, pick(n, 2, big_extra + [("tile", 128, 4)]), args.repeat)
+    torch.cuda.empty_cache()
+    # head + tail path: both pointers one element past a 16-byte boundary, 3 elements past a vector
+    bench_leaky(b, (1 << 20) + 3, torch.float32, pick(1 << 20, 4, []), args.repeat, offs=(1, 1), tag=" +3 off1")
+    torch.cuda.empty_cache()
 
     # ---- BatchNorm (+LeakyReLU) ------------------------------------------------------------------
     bn_shapes = [(8, 64, 56, 56), (8, 512, 14, 14)] if args.quick else [(256, 64, 56, 56), (64, 512, 14, 14)]
-    for i, shape in enumerate(bn_shapes):
-        bench_bn(b, shape, caps=(i == 0 and not args.quick))
+    if args.only == "all":
+        for i, shape in enumerate(bn_shapes):
+            bench_bn(b, shape, caps=(i == 0 and not args.quick))
+        bench_gn(b, args.quick)
+    return summary(b, args, props, launch)
 
+
+def bench_gn(b: Bench, quick: bool) -> None:
+    be = b.be
     # ---- GroupNorm (+SiLU) -------------------------------------------------------------------------
-    shape = (16, 64, 56, 56) if args.quick else (256, 64, 56, 56)
+    shape = (16, 64, 56, 56) if quick else (256, 64, 56, 56)
     G = 32
     eps = 1e-5
     gw = torch.rand(64, device="cuda") + 0.5
@@ -334,6 +460,9 @@ def main() -> int:
            lambda x: F.silu(F.group_norm(x.double(), G, gw2.double(), gb2.double(), eps)),
            "F.group_norm+F.silu", "info")
 
+
+def summary(b: Bench, args: argparse.Namespace, props: Any, launch: dict[str, float]) -> int:
+    be = b.be
     # ---- summary -----------------------------------------------------------------------------------
     if args.out:
         os.makedirs(args.out, exist_ok=True)
@@ -347,8 +476,11 @@ def main() -> int:
     hdr = f"{'case':52s} {'torch':>8s} {'ours':>8s} {'speedup':>7s} {'GB/s':>6s} {'%copy':>6s} {'SNR dB':>7s} ok"
     print(hdr)
     for r in b.rows:
+        if "regime" in r:
+            continue
         print(f"{r['case'][:52]:52s} {r['torch_ms']:8.4f} {r['ours_ms']:8.4f} {r['speedup']:7.2f} "
               f"{r['ours_gbs']:6.0f} {r['pct_copy']:6.1f} {r['snr_db']:7.1f} {'Y' if r['finite'] else 'N'}")
+    leaky_table(b.rows)
     return 0
 
 

@@ -115,6 +115,22 @@ def test_leaky_relu_grid_stride(be, max_blocks: int) -> None:
     np.testing.assert_array_equal(d.result(), leaky_relu.reference(x, 0.125))
 
 
+@pytest.mark.parametrize("cfg", leaky_relu.CONFIGS, ids=lambda c: f"{c[0]}{c[1]}x{c[2]}")
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("offs", OFFSETS, ids=["aligned", "both+1", "in+1"])
+def test_leaky_relu_configs(be, cfg: tuple, dtype: type, offs: tuple[int, int]) -> None:
+    """Every compiled launch configuration: less than one vector, exactly one tile, two tiles and a
+    partial one plus a scalar tail; alpha > 1 (min form) and < 0; a capped grid looping over tiles."""
+    vec = 16 // np.dtype(dtype).itemsize
+    tile = cfg[1] * cfg[2] * vec
+    for n, alpha, cap in ((vec - 1, 0.125, None), (tile, 1.75, None), (2 * tile + 5 * vec + 3, -0.25, None),
+                          (5 * tile + 7, 0.5, 2)):
+        x = rnd((n,), seed_of("cfg", cfg, n, dtype, offs), dtype)
+        d = Dev(x, *offs)
+        leaky_relu.Runner(be, n, dtype, alpha, max_blocks=cap, config=cfg)((d.x,), d.y)
+        np.testing.assert_array_equal(d.result(), leaky_relu.reference(x, alpha), err_msg=f"n={n}")
+
+
 def test_leaky_relu_over_2_31_elements(be) -> None:
     """64-bit indexing: 2^31 + 37 fp16 elements (4.3 GB each way); compared on the GPU with torch's
     leaky_relu, which rounds the same fp32 value."""

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+
 from fuser.kernels import batchnorm, group_norm, leaky_relu
 from fuser.kernels.activations import ACTIVATIONS
 from fuser.kernels.backend import BackendUnavailable, KernelArgs, select_backend
@@ -212,9 +213,10 @@ def test_kernel_args_exact_widths() -> None:
 
 
 def test_leaky_relu_grid_rule() -> None:
-    # MAX_VPT vectors per thread, one-shot grid, at every size.
-    assert leaky_relu.grid_blocks(1 << 26, 4, 132) == (1 << 24) // (256 * leaky_relu.MAX_VPT)
-    assert leaky_relu.grid_blocks(1 << 20, 4, 132) == (1 << 18) // (256 * leaky_relu.MAX_VPT)
+    # One tile (block * vpt vectors) per block, one-shot grid; block and vpt from choose_config.
+    for n in (1 << 26, 1 << 20):
+        _, block, vpt = leaky_relu.choose_config(n, 4)
+        assert leaky_relu.grid_blocks(n, 4, 132) == (n // 4) // (block * vpt)
     assert leaky_relu.grid_blocks(1, 4, 132) == 1
     assert leaky_relu.grid_blocks(1 << 26, 2, 132, max_blocks=7) == 7
-    assert leaky_relu.grid_blocks(1 << 20, 4, 132, vectors_per_thread=2) == (1 << 18) // 512
+    assert leaky_relu.grid_blocks(1 << 20, 4, 132, vectors_per_thread=2, block=256) == (1 << 18) // 512
