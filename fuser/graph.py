@@ -85,3 +85,28 @@ class NameScope:
         values = np.asarray(values)
         # np.ascontiguousarray would turn a 0-d array (a Clip bound) into shape [1]
         return gs.Constant(name, np.ascontiguousarray(values).reshape(values.shape))
+
+
+def scaled(w: np.ndarray, factor: np.ndarray) -> np.ndarray:
+    """``w · factor`` (``factor`` broadcastable to ``w``) computed in float64 and cast back to ``w``'s
+    dtype — in slabs along axis 0, so a 2 GB weight never needs a 4 GB float64 copy."""
+    f = np.asarray(factor, dtype=np.float64)
+    f = f.reshape((1,) * (w.ndim - f.ndim) + f.shape)
+    out = np.empty(w.shape, dtype=w.dtype)
+    row_bytes = max(1, int(np.prod(w.shape[1:], dtype=np.int64)) * 8)
+    step = max(1, (64 << 20) // row_bytes)
+    for i in range(0, w.shape[0], step):
+        fi = f if f.shape[0] == 1 else f[i:i + step]
+        out[i:i + step] = (w[i:i + step].astype(np.float64) * fi).astype(w.dtype)
+    return out
+
+
+def conv_out_channel_factor(op: str, w: np.ndarray, group: int, per_out: np.ndarray) -> np.ndarray:
+    """Broadcast a per-output-channel vector over a Conv ([Cout, Cin/g, k…]) or ConvTranspose
+    ([Cin, Cout/g, k…], output channel = g·(Cout/g) + j) weight."""
+    tail = (1,) * (w.ndim - 2)
+    if op == "Conv":
+        return per_out.reshape((-1, 1) + tail)
+    cin, cpg = w.shape[0], w.shape[1]
+    per_in = np.repeat(per_out.reshape(group, 1, cpg), cin // group, axis=1).reshape(cin, cpg)
+    return per_in.reshape((cin, cpg) + tail)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -29,8 +30,15 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def load_model(path: str | os.PathLike) -> onnx.ModelProto:
-    """Load and validate ``path`` (with external data). Raises InputError with one clear line."""
+# external data beyond this stays on disk (memory-mapped when read) instead of being loaded
+LAZY_EXTERNAL_BYTES = 1 << 30
+
+
+def load_model(path: str | os.PathLike, lazy_external: bool | None = None) -> onnx.ModelProto:
+    """Load and validate ``path``. External data is checked (present, inside the model's folder) and
+    loaded — unless there is more than ``LAZY_EXTERNAL_BYTES`` of it (or ``lazy_external``): then the
+    tensors keep pointing at their files, and :func:`external_array` maps them when needed.
+    Raises InputError with one clear line."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file")
@@ -46,11 +54,33 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise InputError(f"{p}: not an ONNX model (no graph)")
     if model.ir_version <= 0:
         raise InputError(f"{p}: not an ONNX model (no ir_version)")
-    _load_external_data(model, p.parent.resolve(), p)
+    _load_external_data(model, p.parent.resolve(), p, lazy_external)
     return model
 
 
-def _load_external_data(model: onnx.ModelProto, base: Path, p: Path) -> None:
+def external_array(t: onnx.TensorProto, base_dir: str | os.PathLike):
+    """A read-only memory map of an external tensor's data (no copy; pages load as they are read)."""
+    import numpy as np
+
+    info = {e.key: e.value for e in t.external_data}
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).newbyteorder("<")
+    shape = tuple(int(d) for d in t.dims)
+    count = int(np.prod(shape, dtype=np.int64))
+    if count == 0:
+        return np.zeros(shape, dtype)
+    return np.memmap(Path(base_dir) / info["location"], dtype=dtype, mode="r", offset=int(info.get("offset", 0)),
+                     shape=shape)
+
+
+def _external_bytes(tensors: list, base: Path) -> int:
+    total = 0
+    for t in tensors:
+        info = {e.key: e.value for e in t.external_data}
+        total += int(info["length"]) if "length" in info else (base / info.get("location", "")).stat().st_size
+    return total
+
+
+def _load_external_data(model: onnx.ModelProto, base: Path, p: Path, lazy: bool | None) -> None:
     from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
     tensors = [t for t in _get_all_tensors(model) if uses_external_data(t)]
@@ -61,14 +91,17 @@ def _load_external_data(model: onnx.ModelProto, base: Path, p: Path) -> None:
             raise InputError(f"{p}: external data location {loc!r} escapes the model's folder")
         if not target.is_file():
             raise InputError(f"{p}: external data file {loc!r} is missing")
-    if tensors:
+    if lazy is None:
+        lazy = bool(tensors) and _external_bytes(tensors, base) > LAZY_EXTERNAL_BYTES
+    if tensors and not lazy:
         try:
             onnx.load_external_data_for_model(model, str(base))
         except Exception as e:
             raise InputError(f"{p}: cannot read external data ({_short(e)})") from None
 
 
-def save_model_atomic(model: onnx.ModelProto, out: str | os.PathLike) -> None:
+def save_model_atomic(model: onnx.ModelProto, out: str | os.PathLike, data_path: str | os.PathLike | None = None,
+                      move_data: bool = False) -> None:
     """Write ``model`` to ``out`` atomically; external data (``<out>.data``) when over 2 GiB.
 
     The bytes go to a temporary file in the target folder, are flushed to disk, and only then renamed
@@ -84,7 +117,27 @@ def save_model_atomic(model: onnx.ModelProto, out: str | os.PathLike) -> None:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent)
         os.close(fd)
-        if big:
+        if data_path is not None:
+            # weights already in an external data file (a > 2 GiB pipeline result): bring it next to
+            # the output under its final name, point the small proto at it, then rename both in place
+            tmp_data = tmp + ".data"
+            if move_data and Path(data_path).resolve().parent == parent.resolve():
+                os.replace(data_path, tmp_data)
+            else:
+                shutil.copyfile(data_path, tmp_data)
+            small = onnx.ModelProto()
+            small.CopyFrom(model)
+            for t in small.graph.initializer:
+                for e in t.external_data:
+                    if e.key == "location":
+                        e.value = data_name
+            with open(tmp, "wb") as f:
+                f.write(small.SerializeToString(deterministic=True))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp_data, parent / data_name)
+            tmp_data = None
+        elif big:
             tmp_data = tmp + ".data"
             _save_external(model, tmp, os.path.basename(tmp_data), data_name)
             os.replace(tmp_data, parent / data_name)

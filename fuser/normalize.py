@@ -97,13 +97,16 @@ def infer_into(graph: gs.Graph, opset_imports: list, functions: list) -> None:
                 t.dtype = dtype
 
 
-def normalize(model: onnx.ModelProto) -> gs.Graph:
+def normalize(model: onnx.ModelProto, base_dir: str | None = None) -> gs.Graph:
     """Return a graphsurgeon graph of ``model`` with names given, constants folded and shapes inferred."""
-    graph = gs.import_onnx(model)
+    graph = import_graph(model, base_dir)
     name_graph_nodes(graph)
     if has_foldable(graph):
         detach_attribute_tensors(graph)
-        graph = fold_constants(graph)
+        try:
+            graph = fold_constants(graph)
+        except Exception:  # noqa: BLE001 - folding is an optimisation: a graph it cannot export stays as is
+            pass
     infer_into(graph, list(model.opset_import), list(model.functions))
     return graph
 
@@ -146,6 +149,22 @@ def unique_node_names(nodes: list[tuple[str, str]]) -> list[str]:
         seen.add(cand)
         out.append(cand)
     return out
+
+
+def import_graph(model: onnx.ModelProto, base_dir: str | None = None) -> gs.Graph:
+    """gs.import_onnx, with tensors whose data was left on disk (large external data, see
+    :func:`fuser.io.load_model`) memory-mapped from ``base_dir`` instead of read into memory."""
+    graph = gs.import_onnx(model)
+    if base_dir is None:
+        return graph
+    from .io import external_array
+
+    for t in graph.tensors().values():
+        lazy = getattr(t, "_values", None) if isinstance(t, gs.Constant) else None
+        proto = getattr(lazy, "tensor", None)
+        if proto is not None and proto.data_location == onnx.TensorProto.EXTERNAL and not proto.raw_data:
+            t.values = external_array(proto, base_dir)
+    return graph
 
 
 def name_graph_nodes(graph: gs.Graph) -> None:

@@ -11,7 +11,10 @@ see it as the graph input it is (nothing folds into it) and it comes back unchan
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import onnx
 import onnx_graphsurgeon as gs
@@ -20,8 +23,9 @@ from fuser.passes import PASS_ORDER, pass_names
 
 from .context import PassContext, provenance_props
 from .errors import InputError
+from .external import LARGE_BYTES, export_external, graph_constant_bytes
 from .fused import DOMAIN, DOMAIN_VERSION, FusionRecord, parse_op_type
-from .normalize import name_graph_nodes, normalize, unique_node_names
+from .normalize import import_graph, name_graph_nodes, normalize, unique_node_names
 
 MAX_ROUNDS = 8
 FOLDED_KEY = "fuser.folded"  # node metadata: JSON list of the original nodes folded into its weights
@@ -33,6 +37,7 @@ class PipelineResult:
     fusions: list[FusionRecord]
     rounds: int
     pass_counts: dict[str, int] = field(default_factory=dict)
+    data_path: Path | None = None  # external weights of a > 2 GiB result (see run_pipeline)
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -42,7 +47,11 @@ def default_opset(model: onnx.ModelProto) -> int:
     raise InputError("model imports no default-domain opset")
 
 
-def run_pipeline(model: onnx.ModelProto, target: str = "hip", skip: tuple[str, ...] = ()) -> PipelineResult:
+def run_pipeline(model: onnx.ModelProto, target: str = "hip", skip: tuple[str, ...] = (),
+                 workdir: str | os.PathLike | None = None, base_dir: str | os.PathLike | None = None) -> PipelineResult:
+    """Run the passes. A result too large for one protobuf (> ~2 GiB of weights) is exported with its
+    weights in ``<workdir>/<token>.data`` (a fresh temporary folder when ``workdir`` is None):
+    ``PipelineResult.data_path`` then names that file, and the caller owns it."""
     unknown = set(skip) - set(pass_names()) - {"cleanup"}
     if unknown:
         raise InputError(f"unknown pass {sorted(unknown)[0]!r}; passes: {', '.join(pass_names())}")
@@ -53,11 +62,12 @@ def run_pipeline(model: onnx.ModelProto, target: str = "hip", skip: tuple[str, .
         work.CopyFrom(model)
         _drop_overridable_initializers(work)
         model = work
+    bdir = str(base_dir) if base_dir is not None else None
     if "normalize" in skip:
-        graph = gs.import_onnx(model)
+        graph = import_graph(model, bdir)
         name_graph_nodes(graph)
     else:
-        graph = normalize(model)
+        graph = normalize(model, bdir)
     # graphsurgeon keeps a reference to the model's opset_import and appends to it on export: detach
     graph.import_domains = [onnx.helper.make_opsetid(o.domain, o.version) for o in model.opset_import]
     ctx = PassContext(graph, opset)
@@ -77,14 +87,21 @@ def run_pipeline(model: onnx.ModelProto, target: str = "hip", skip: tuple[str, .
             break
     if "cleanup" not in skip:
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    out = finalize(graph, ctx, original)
+    data_path = None
+    if graph_constant_bytes(graph) > LARGE_BYTES:
+        folder = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="onnx-fuse-"))
+        fd, name = tempfile.mkstemp(prefix=".onnx-fuse-", suffix=".data", dir=folder)
+        os.close(fd)
+        data_path = Path(name)
+    out = finalize(graph, ctx, original, data_path)
     if target == "onnx":
         out = inline_fused(out)
-    return PipelineResult(out, ctx.fusions, rounds, counts)
+    return PipelineResult(out, ctx.fusions, rounds, counts, data_path)
 
 
-def finalize(graph: gs.Graph, ctx: PassContext, original: onnx.ModelProto) -> onnx.ModelProto:
-    out = gs.export_onnx(graph, do_type_check=False)
+def finalize(graph: gs.Graph, ctx: PassContext, original: onnx.ModelProto,
+             data_path: Path | None = None) -> onnx.ModelProto:
+    out = gs.export_onnx(graph, do_type_check=False) if data_path is None else export_external(graph, data_path)
     # model-level fields from the original (not CopyFrom(original): that would copy every weight)
     for fld in ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"):
         setattr(out, fld, getattr(original, fld))
@@ -211,8 +228,20 @@ def inline_fused(model: onnx.ModelProto) -> onnx.ModelProto:
     """``--target onnx``: replace every fused node by its standard-op body (no ``fuser`` domain)."""
     from onnx import inliner
 
+    from .fused_attention import standard_attention_nodes
+
+    standard_attention_nodes(model, default_opset(model))  # one Attention-23 where it is exact
+    used = {n.op_type for n in model.graph.node if n.domain == DOMAIN}
     ids = [(f.domain, f.name) for f in model.functions if f.domain == DOMAIN]
     if not ids:
+        return model
+    if not used:  # nothing left to inline: drop our functions and the domain
+        kept = [f for f in model.functions if f.domain != DOMAIN]
+        del model.functions[:]
+        model.functions.extend(kept)
+        others = [o for o in model.opset_import if o.domain != DOMAIN]
+        del model.opset_import[:]
+        model.opset_import.extend(others)
         return model
     standard_group_norm_bodies(model)
     out = inliner.inline_selected_functions(model, ids)

@@ -134,6 +134,10 @@ def run_kernel_reference(step: KernelStep, args: list[np.ndarray | None]) -> np.
 
         return group_norm.reference(args[0], args[1], args[2], int(a["num_groups"]), float(a.get("epsilon", 1e-5)),
                                     act["activation"], float(act["alpha"]), float(act["beta"]))
+    if ft.base == "Attention":  # inputs Q, K, V [, per-term tensors (mask: mask, fill)] [, scale]
+        from .kernels import attention
+
+        return attention.reference_node(ft.attention_variant(), a, args)
     from .kernels import leaky_relu
 
     return leaky_relu.reference(args[0], float(a.get("alpha", 0.01)))
@@ -143,10 +147,17 @@ class Session:
     """Run a (fused) ONNX model; the API mirrors ``onnxruntime.InferenceSession``."""
 
     def __init__(self, model: str | os.PathLike | onnx.ModelProto, device: str = "auto") -> None:
+        self.base_dir: str | None = None  # where external data (of > 2 GiB models) resolves
         if isinstance(model, (str, os.PathLike)):
             from .io import load_model
 
-            model = load_model(Path(model))
+            path = Path(model)
+            if path.stat().st_size > 64 << 20 or _has_external_file(path):
+                # keep the weights on disk: islands load by path, kernel steps read their constants
+                model = onnx.load(str(path), load_external_data=False)
+                self.base_dir = str(path.parent)
+            else:
+                model = load_model(path)
         self.model = model
         from .kernels.backend import select_backend
 
@@ -248,7 +259,7 @@ class Session:
         if name in values:
             return values[name]
         if name not in self._const_cache:
-            self._const_cache[name] = numpy_helper.to_array(self.initializers[name])
+            self._const_cache[name] = numpy_helper.to_array(self.initializers[name], self.base_dir or "")
         return self._const_cache[name]
 
     def _run_island(self, step: IslandStep, values: dict[str, np.ndarray]) -> None:
@@ -277,7 +288,25 @@ class Session:
         sub.ir_version = max(self.model.ir_version, 8)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        if self.base_dir is not None and any(t.data_location == onnx.TensorProto.EXTERNAL for t in inits):
+            # weights on disk (> 2 GiB model): no onnxruntime rewrites that would embed > 2 GiB initializers
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            # onnxruntime resolves external data relative to the model file: write the island beside it
+            import tempfile
+
+            fd, island_path = tempfile.mkstemp(prefix=".island-", suffix=".onnx", dir=self.base_dir)
+            os.close(fd)
+            try:
+                Path(island_path).write_bytes(sub.SerializeToString())
+                return ort.InferenceSession(island_path, opts, providers=providers)
+            finally:
+                os.unlink(island_path)
         return ort.InferenceSession(sub.SerializeToString(), opts, providers=providers)
+
+
+def _has_external_file(path: Path) -> bool:
+    m = onnx.load(str(path), load_external_data=False)
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in m.graph.initializer)
 
 
 def _ort_has_device_ep(backend_name: str) -> bool:

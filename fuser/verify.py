@@ -10,7 +10,9 @@ when atol is given). Integer and boolean outputs must match exactly.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -184,7 +186,8 @@ def _random(rng: np.random.Generator, dtype: np.dtype, shape: list[int], bound: 
 # ---------------------------------------------------------------------------------------------
 # running
 
-def ort_run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def ort_run(model: onnx.ModelProto | str | os.PathLike, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run in onnxruntime (CPU); a path lets onnxruntime resolve external data beside the model."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -193,7 +196,12 @@ def ort_run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, n
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    # the reference is the model as written: none of onnxruntime's own rewrites (some of which also fail
+    # on > 2 GiB weights), and no pre-packed weight copies
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.add_session_config_entry("session.disable_prepacking", "1")
+    src = str(model) if isinstance(model, (str, os.PathLike)) else model.SerializeToString()
+    sess = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(names, feeds), strict=True))
 
@@ -206,22 +214,42 @@ def has_fused_nodes(model: onnx.ModelProto) -> bool:
 
 def verify(original: onnx.ModelProto, fused: onnx.ModelProto, feeds: dict[str, np.ndarray],
            rtol: float | None = None, atol: float | None = None, device: str = "auto",
-           reference: dict[str, np.ndarray] | None = None) -> Verification:
+           reference: dict[str, np.ndarray] | None = None, original_path: str | os.PathLike | None = None,
+           fused_data_path: str | os.PathLike | None = None) -> Verification:
+    """Compare ``fused`` with ``original`` on ``feeds``. For > 2 GiB models pass ``original_path`` (the
+    input file) and ``fused_data_path`` (the external data of ``fused``): the models are then loaded by
+    path, one at a time, never serialised whole."""
     import time
+
+    from .external import remove_quietly, write_beside
 
     t0 = time.perf_counter()
     ver = Verification(input_shapes={k: list(v.shape) for k, v in feeds.items()})
-    ref = reference if reference is not None else ort_run(original, feeds)
-    got = ort_run(fused, feeds)
-    for name, r in ref.items():
-        ver.checks.append(check_output(name, "onnxruntime", r, got[name], rtol, atol))
-    if has_fused_nodes(fused):
-        from .runtime import Session
+    big = fused_data_path is not None
+    if reference is not None:
+        ref = reference
+    else:
+        from .external import has_external
 
-        sess = Session(fused, device=device)
-        names = list(ref)
-        outs = sess.run(names, feeds)
-        for name, o in zip(names, outs, strict=True):
-            ver.checks.append(check_output(name, f"runtime:{sess.device}", ref[name], o, rtol, atol))
+        by_path = original_path is not None and (big or has_external(original))
+        ref = ort_run(original_path if by_path else original, feeds)
+    fused_path = None
+    try:
+        if big:
+            fused_path = write_beside(fused, Path(fused_data_path).parent, Path(fused_data_path).stem + ".onnx")
+        got = ort_run(fused_path or fused, feeds)
+        for name, r in ref.items():
+            ver.checks.append(check_output(name, "onnxruntime", r, got[name], rtol, atol))
+        del got
+        if has_fused_nodes(fused):
+            from .runtime import Session
+
+            sess = Session(fused_path or fused, device=device)
+            names = list(ref)
+            outs = sess.run(names, feeds)
+            for name, o in zip(names, outs, strict=True):
+                ver.checks.append(check_output(name, f"runtime:{sess.device}", ref[name], o, rtol, atol))
+    finally:
+        remove_quietly(fused_path)
     ver.seconds = time.perf_counter() - t0
     return ver

@@ -22,7 +22,15 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from fuser.context import PassContext
-from fuser.graph import channel_vector, const_value, input_at, producer, single_use_intermediate
+from fuser.graph import (
+    channel_vector,
+    const_value,
+    conv_out_channel_factor,
+    input_at,
+    producer,
+    scaled,
+    single_use_intermediate,
+)
 
 NAME = "fold_affine"
 _OPS = ("Mul", "Div", "Add", "Sub")
@@ -62,20 +70,14 @@ def _fold_one(ctx: PassContext, op: gs.Node) -> bool:
     if vec is None:
         return False
     bias64 = np.zeros(cout) if bias is None else bias.astype(np.float64).reshape(-1)
-    w64 = w.astype(np.float64)
     if op.op in ("Mul", "Div"):
         if op.op == "Div":
             if np.any(vec == 0):
                 return False
             vec = 1.0 / vec
-        if conv.op == "Conv":
-            w64 = w64 * vec.reshape((-1,) + (1,) * (w.ndim - 1))
-        else:
-            cin, cpg = w.shape[0], w.shape[1]
-            w64 = (w64.reshape((group, cin // group, cpg) + w.shape[2:])
-                   * vec.reshape((group, 1, cpg) + (1,) * (w.ndim - 2))).reshape(w.shape)
         bias64 = bias64 * vec
-        conv.inputs[1] = ctx.names.constant(f"{conv.name}.weight_{op.op.lower()}", w64.astype(w.dtype))
+        conv.inputs[1] = ctx.names.constant(f"{conv.name}.weight_{op.op.lower()}",
+                                            scaled(w, conv_out_channel_factor(conv.op, w, group, vec)))
     else:
         bias64 = bias64 + (vec if op.op == "Add" else -vec)
     new_b = ctx.names.constant(f"{conv.name}.bias_{op.op.lower()}", bias64.astype(w.dtype))

@@ -29,7 +29,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from fuser.context import PassContext
-from fuser.graph import const_value, input_at, producer, single_use_intermediate
+from fuser.graph import const_value, conv_out_channel_factor, input_at, producer, scaled, single_use_intermediate
 
 NAME = "fold_bn"
 
@@ -96,20 +96,17 @@ def _fold_conv(ctx: PassContext, conv: gs.Node, bn: gs.Node, s: np.ndarray, t: n
         cout = w.shape[0]
         if s.size != cout:
             return False
-        w2 = w.astype(np.float64) * s.reshape((-1,) + (1,) * (w.ndim - 1))
     else:  # ConvTranspose: W is [Cin, Cout/group, k...]; output channel = g·(Cout/g) + j
         cin, cpg = w.shape[0], w.shape[1]
         cout = cpg * group
         if s.size != cout or cin % group:
             return False
-        per_in = s.reshape(group, 1, cpg)  # [g, 1, Cout/g] broadcast over the Cin/g filters of group g
-        w2 = (w.astype(np.float64).reshape((group, cin // group, cpg) + w.shape[2:])
-              * per_in.reshape((group, 1, cpg) + (1,) * (w.ndim - 2))).reshape(w.shape)
     bias = np.zeros(cout) if b is None else b.astype(np.float64).reshape(-1)
     if bias.size != cout:
         return False
     b2 = bias * s + t
-    conv.inputs[1] = ctx.names.constant(f"{conv.name}.weight_bn", w2.astype(w.dtype))
+    w2 = scaled(w, conv_out_channel_factor(conv.op, w, group, s))
+    conv.inputs[1] = ctx.names.constant(f"{conv.name}.weight_bn", w2)
     new_b = ctx.names.constant(f"{conv.name}.bias_bn", b2.astype(w.dtype))
     if len(conv.inputs) > 2:
         conv.inputs[2] = new_b
@@ -132,7 +129,7 @@ def _fold_gemm(ctx: PassContext, gemm: gs.Node, bn: gs.Node, s: np.ndarray, t: n
         return False
     alpha = float(gemm.attrs.get("alpha", 1.0))
     beta = float(gemm.attrs.get("beta", 1.0))
-    b2 = bmat.astype(np.float64) * (s.reshape(-1, 1) if trans_b else s.reshape(1, -1))
+    b2 = scaled(bmat, s.reshape(-1, 1) if trans_b else s.reshape(1, -1))
     if c is None:
         c2 = np.broadcast_to(t, (f,))
     else:
@@ -186,7 +183,7 @@ def _fold_matmul_chain(ctx: PassContext, y: gs.Tensor, bn: gs.Node, s: np.ndarra
     w = const_value(input_at(node, 1))
     if w is None or w.ndim != 2 or w.shape[1] != s.size:
         return False
-    node.inputs[1] = ctx.names.constant(f"{node.name}.weight_bn", (w.astype(np.float64) * s).astype(w.dtype))
+    node.inputs[1] = ctx.names.constant(f"{node.name}.weight_bn", scaled(w, s.reshape(1, -1)))
     if add is not None:
         i = next(k for k, inp in enumerate(add.inputs) if const_value(inp) is not None)
         b2 = np.broadcast_to(add.inputs[i].values.astype(np.float64).reshape(-1), s.shape) * s + t

@@ -231,3 +231,26 @@ def test_input_and_shape_errors(tmp_path: Path) -> None:
     assert_refused(DARKNET, tmp_path, 2, "not an input", extra=("--input", f"nope={x}"))
     assert_refused(DARKNET, tmp_path, 2, "expected NAME:d0", extra=("--shape", "input"))
     assert_refused(DARKNET, tmp_path, 2, "cannot read", extra=("--input", f"input={tmp_path / 'none.npy'}"))
+
+
+@pytest.mark.slow
+def test_over_2gib_round_trip(tmp_path: Path) -> None:
+    """A 2.2 GiB Linear+BatchNorm1d (external data) fuses, verifies, and is written with external data."""
+    import runpy
+    import shutil
+
+    if shutil.disk_usage(tmp_path).free < 12 * 2**30:
+        pytest.skip("needs 12 GiB of free disk for a 2.2 GiB model, its output and onnxruntime's copies")
+    build = runpy.run_path(str(Path(__file__).resolve().parents[1] / "bench" / "bench_scale.py"),
+                           run_name="not_main")["build"]
+    src = tmp_path / "big.onnx"
+    size = build(src, 2.2)
+    assert size > 2**31
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    p = cli(src, "-o", out_dir / "f.onnx", "-q", timeout=900)
+    assert p.returncode == 0, p.stderr
+    assert sorted(x.name for x in out_dir.iterdir()) == ["f.onnx", "f.onnx.data"]
+    m = onnx.load(out_dir / "f.onnx", load_external_data=False)
+    assert [n.op_type for n in m.graph.node] == ["MatMul", "Add"]
+    assert (out_dir / "f.onnx.data").stat().st_size > 2**31
