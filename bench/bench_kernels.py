@@ -396,13 +396,12 @@ def main() -> int:
         out = [leaky_relu.choose_config(n, esz), old]
         return out + ([] if args.configs == "final" else [c for c in extra if c not in out])
 
-    big_extra = [("tile", 128, 1), ("tile", 128, 2), ("tile", 256, 1)]
     sizes = [1 << 20, 1 << 24] if args.quick else [1 << 20, 1 << 22, 1 << 24, 1 << 26, 1 << 28]
     for n in sizes:
-        bench_leaky(b, n, torch.float32, pick(n, 4, leaky_relu.CONFIGS if n < 1 << 28 else big_extra), args.repeat)
+        bench_leaky(b, n, torch.float32, pick(n, 4, leaky_relu.CONFIGS), args.repeat)
         torch.cuda.empty_cache()
     n = 1 << 26 if not args.quick else 1 << 22
-    bench_leaky(b, n, torch.float16, pick(n, 2, big_extra + [("tile", 128, 4)]), args.repeat)
+    bench_leaky(b, n, torch.float16, pick(n, 2, leaky_relu.CONFIGS), args.repeat)
     torch.cuda.empty_cache()
     # head + tail path: both pointers one element past a 16-byte boundary, 3 elements past a vector
     bench_leaky(b, (1 << 20) + 3, torch.float32, pick(1 << 20, 4, []), args.repeat, offs=(1, 1), tag=" +3 off1")

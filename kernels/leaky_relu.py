@@ -4,12 +4,14 @@ Kernel design (seed report §5): branchless ``fmaxf(x, alpha*x)``, which is exac
 (negative alpha too); for alpha > 1 the same identity holds with ``fminf``, chosen by a uniform kernel
 argument, so every alpha is right without a per-element branch. One launch does everything. The
 16-byte-aligned body (float4, or 8 halves, per access) is cut into tiles of ``block * vpt`` vectors,
-one per block: every thread issues its ``vpt`` loads before its first store, full tiles run unguarded,
-and the host passes the scalar head (up to the first 16-byte boundary) and the vector count, so a
-block reaches its loads in a few instructions. The grid's last block also does the head and the
-scalar tail. If input and output differ in their address mod 16 the body cannot be vectorised for
-both, and the whole range goes through an unrolled, coalesced scalar loop. Indices are 64-bit.
-``choose_config`` picks ``vpt`` by size (H200 measurements in BENCHMARKS.md).
+one per block: every thread issues its ``vpt`` loads before its first store, full tiles run unguarded
+(the partial one out of line), and the host passes the scalar head (up to the first 16-byte
+boundary) and the vector count, so with 32-bit offsets a block reaches its loads after ~19
+instructions. The grid's last block also does the head and the scalar tail. If input and output
+differ in their address mod 16 the body cannot be vectorised for both, and the whole range goes
+through an unrolled, coalesced scalar loop (in the 64-bit "tile" kernel, which also serves capped
+grids and tensors of 2^31 vectors or more). ``choose_config`` picks
+``vpt`` by size (H200 measurements in BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -75,10 +77,9 @@ FUSER_INLINE V fuser_leaky_ld(const V* p) {
 // (after the last whole vector) are fewer than 2*VEC elements: the grid's last block does them, one
 // per thread. x and y differing in address mod 16 (vec_ok = 0): everything goes through the scalar
 // grid-stride loop of fuser_map.
-// HOST = 1: head and nv come from the host (Runner computes them from the pointers), so a block goes
-// from its first instruction to its loads in a few instructions; HOST = 0 derives them in the kernel
-// (what the first tile version did, ~50 dependent 64-bit instructions before the first load).
-template <typename T, int BLOCK, int VPT, int HOST>
+// head and nv come from the host (Runner computes them from the pointers): deriving them here put
+// ~50 dependent 64-bit instructions before the first load (H200 run 5: 0.07 us more at 1M fp32).
+template <typename T, int BLOCK, int VPT>
 FUSER_INLINE void fuser_leaky_tiles(const T* __restrict__ x, T* __restrict__ y, fuser_i64 n, fuser_i64 head,
                                     fuser_i64 nv, const fuser_leaky_op& op, int vec_ok) {
     typedef fuser_io<T> io;
@@ -87,10 +88,6 @@ FUSER_INLINE void fuser_leaky_tiles(const T* __restrict__ x, T* __restrict__ y, 
         fuser_map<T>(x, y, n, op, (fuser_i64)blockIdx.x * BLOCK + threadIdx.x, (fuser_i64)gridDim.x * BLOCK,
                      false);
         return;
-    }
-    if (!HOST) {
-        head = fuser_head(x, n);
-        nv = (n - head) / io::VEC;
     }
     const fuser_u64 unv = (fuser_u64)nv;
     const fuser_u64 TILE = (fuser_u64)BLOCK * VPT;
@@ -115,6 +112,51 @@ FUSER_INLINE void fuser_leaky_tiles(const T* __restrict__ x, T* __restrict__ y, 
 #pragma unroll
             for (int u = 0; u < VPT; ++u) if (u * BLOCK < rem) py[u * BLOCK] = fuser_leaky_vec(v[u], op);
         }
+    }
+    if (blockIdx.x == gridDim.x - 1) {
+        const fuser_i64 tail0 = head + nv * io::VEC;
+        const fuser_i64 j = threadIdx.x;
+        if (j < head + (n - tail0)) {
+            const fuser_i64 e = j < head ? j : tail0 + (j - head);
+            io::st(y, e, op(io::ld(x, e)));
+        }
+    }
+}
+
+// The last, partial tile: out of line, so that the full-tile path is what follows the bounds check in
+// the code (the block's first instruction-cache lines) rather than a jump over this.
+template <typename V, int BLOCK, int VPT>
+__device__ __noinline__ void fuser_leaky_tile32_part(const V* __restrict__ px, V* __restrict__ py, unsigned i,
+                                                     unsigned un, fuser_leaky_op op) {
+    V v[VPT];
+#pragma unroll
+    for (int u = 0; u < VPT; ++u) if (i + (unsigned)(u * BLOCK) < un) v[u] = fuser_leaky_ld(px + u * BLOCK);
+#pragma unroll
+    for (int u = 0; u < VPT; ++u) if (i + (unsigned)(u * BLOCK) < un) py[u * BLOCK] = fuser_leaky_vec(v[u], op);
+}
+
+// Tile scheme, short path: the same tiles for the common case (x and y share their 16-byte alignment,
+// fewer than 2^31 - 2^16 vectors, one block per tile), which Runner checks on the host. 32-bit
+// offsets, no tile loop and no division: a block reaches its first load after ~19 instructions (the
+// "tile" kernel: ~50, then a jump), which a ~4 us launch (1M fp32 elements) notices. Blocks past
+// the last tile (the host rounds the grid up from numel, not nv) find every guard false.
+template <typename T, int BLOCK, int VPT>
+FUSER_INLINE void fuser_leaky_tile32(const T* __restrict__ x, T* __restrict__ y, fuser_i64 n, fuser_i64 head,
+                                     fuser_i64 nv, const fuser_leaky_op& op) {
+    typedef fuser_io<T> io;
+    typedef typename io::vec_t vec_t;
+    const unsigned un = (unsigned)nv;
+    const unsigned i = blockIdx.x * (unsigned)(BLOCK * VPT) + threadIdx.x;
+    const vec_t* __restrict__ px = reinterpret_cast<const vec_t*>(x + head) + i;
+    vec_t* __restrict__ py = reinterpret_cast<vec_t*>(y + head) + i;
+    if (i + (unsigned)((VPT - 1) * BLOCK) < un) {
+        vec_t v[VPT];
+#pragma unroll
+        for (int u = 0; u < VPT; ++u) v[u] = fuser_leaky_ld(px + u * BLOCK);
+#pragma unroll
+        for (int u = 0; u < VPT; ++u) py[u * BLOCK] = fuser_leaky_vec(v[u], op);
+    } else {
+        fuser_leaky_tile32_part<vec_t, BLOCK, VPT>(px, py, i, un, op);
     }
     if (blockIdx.x == gridDim.x - 1) {
         const fuser_i64 tail0 = head + nv * io::VEC;
@@ -151,25 +193,25 @@ FUSER_GLOBAL void __launch_bounds__({block})
 _CTYPES = {"f32": "float", "f16": "fuser_half"}
 
 # Launch configurations: (scheme, threads per block, 16-byte vectors per thread). "tile": the tile
-# kernel with head/nv from the host; "tilek": the same with head/nv derived in the kernel; "stride":
-# the grid-stride kernel used before 2026-11-21. choose_config() is the rule Runner uses; the others
-# are compiled for the benchmark's comparison rows and the tests (bench/bench_kernels.py,
-# BENCHMARKS.md 2026-11-21 "LeakyReLU against torch at every size").
+# kernel (head/nv from the host, 64-bit, any grid); "tile32": its short path, with the "tile" kernel of
+# the same shape as the fallback where the short path does not apply; "stride": the grid-stride kernel
+# used before 2026-11-21. choose_config() is the rule Runner uses; the others are compiled for the
+# benchmark's comparison rows and the tests (bench/bench_kernels.py, BENCHMARKS.md 2026-11-21
+# "LeakyReLU against torch at every size").
 Config = tuple[str, int, int]
-SMALL: Config = ("tile", 128, 8)
-LARGE: Config = ("tile", 128, 2)
-SMALL_MAX_VECTORS = 1 << 19     # provisional
+SMALL: Config = ("tile32", 128, 8)
+LARGE: Config = ("tile32", 128, 1)
+# H200 run 6, 1M fp32 (2^18 vectors): 128x8 3.86 us, 128x1 3.95 us; 4M (2^20): 128x1 9.97 us, 128x8
+# 10.11 us; 16M and up: 128x1 within 0.2% of copy, 128x8 5% slower. The switch sits between the two.
+SMALL_MAX_VECTORS = 1 << 19
 CONFIGS: list[Config] = [
-    LARGE,
     SMALL,
+    LARGE,
+    ("tile", 128, 8),
     ("tile", 128, 1),
-    ("tile", 256, 1),
-    ("tile", 128, 4),
-    ("tile", 128, 16),
-    ("tilek", 128, 2),
-    ("tilek", 128, 8),
     ("stride", 256, 2),
 ]
+TILE32_MAX_VECTORS = 2 ** 31 - 2 ** 16    # grid * tile bound for the short path: 32-bit offsets stay < 2^31
 MAX_GRID = 2 ** 31 - 1
 
 
@@ -189,9 +231,10 @@ def _entries() -> str:
     for cfg in CONFIGS:
         scheme, block, vpt = cfg
         for sfx, ctype in _CTYPES.items():
-            if scheme in ("tile", "tilek"):
-                host = int(scheme == "tile")
-                body = f"fuser_leaky_tiles<{ctype}, {block}, {vpt}, {host}>(x, y, n, head, nv, op, vec_ok)"
+            if scheme == "tile32":
+                body = f"fuser_leaky_tile32<{ctype}, {block}, {vpt}>(x, y, n, head, nv, op)"
+            elif scheme == "tile":
+                body = f"fuser_leaky_tiles<{ctype}, {block}, {vpt}>(x, y, n, head, nv, op, vec_ok)"
             else:
                 body = f"fuser_leaky_stride<{ctype}>(x, y, n, op, vec_ok)"
             out.append(_ENTRY.format(block=block, entry=entry_name(sfx, cfg), ctype=ctype, body=body))
@@ -243,13 +286,21 @@ class Runner:
         if cfg not in CONFIGS:
             raise ValueError(f"leaky_relu: no compiled configuration {cfg!r}; compiled: {CONFIGS}")
         self.config = cfg
-        self.block = cfg[1]
-        self.fn = backend.function(NAME, SOURCE, entry_name(dtype_suffix(self.dtype), cfg))
+        scheme, self.block, vpt = cfg
+        sfx = dtype_suffix(self.dtype)
+        self._vec = 16 // self.dtype.itemsize
         self.blocks = grid_blocks(self.numel, self.dtype.itemsize, backend.num_sms, max_blocks,
-                                  vectors_per_thread or cfg[2], self.block)
+                                  vectors_per_thread or vpt, self.block)
+        # tile32: its short path needs one block per tile and 32-bit offsets, else the "tile" kernel.
+        self.fn = backend.function(NAME, SOURCE, entry_name(sfx, ("tile", self.block, vpt) if scheme == "tile32"
+                                                               else cfg))
+        self._fn_short = None
+        tile = self.block * vpt
+        if (scheme == "tile32" and self.blocks >= ceil_div(ceil_div(self.numel, self._vec), tile)
+                and self.blocks * tile <= TILE32_MAX_VECTORS):
+            self._fn_short = backend.function(NAME, SOURCE, entry_name(sfx, cfg))
         self.args = KernelArgs("pplllfii")
         self._use_min = 1 if self.alpha > 1.0 else 0
-        self._vec = 16 // self.dtype.itemsize
 
     def __call__(self, inputs: Sequence[int], output: int, stream: int = 0) -> None:
         n = self.numel
@@ -258,12 +309,15 @@ class Runner:
         x, y = as_ptr(inputs[0]), as_ptr(output)
         esz = self.dtype.itemsize
         check_pointers((x, y), esz)
+        fn = self.fn
         if (x & 15) == (y & 15):   # one scalar head brings both to a 16-byte boundary
             head = min(((16 - (x & 15)) & 15) // esz, n)
             self.args.set(x, y, n, head, (n - head) // self._vec, self.alpha, self._use_min, 1)
+            if self._fn_short is not None:
+                fn = self._fn_short
         else:                       # no common vector alignment: all scalar
             self.args.set(x, y, n, n, 0, self.alpha, self._use_min, 0)
-        self.backend.launch(self.fn, grid_1d(self.blocks), (self.block, 1, 1), self.args, 0, stream)
+        self.backend.launch(fn, grid_1d(self.blocks), (self.block, 1, 1), self.args, 0, stream)
 
 
 def run(backend: Backend, x: np.ndarray, alpha: float) -> np.ndarray:
