@@ -443,6 +443,19 @@ def test_transformer_page_in_headless_chromium(tmp_path, chrome) -> None:
     assert p.returncode == 0, p.stderr
     assert len(load_graph(src, "o").graph.node) > 300
     check_page(chrome, page, res.model, "diff_hybrid_transformer.png")
+    # the same page with every long edge drawn as a stub: a click on a stub selects the producer
+    from fuser.visual import layout, write_html
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(layout, "VIRTUAL_BUDGET", (0, 0))
+        write_html(build_diff(load_graph(src, "o"), res.model, str(src), str(out)), tmp_path / "stubs.html")
+    chrome.open(tmp_path / "stubs.html")
+    stub = chrome.js("Array.from(document.querySelectorAll('#view-R g.stub'))"
+                     ".find(function (g) { return /to-R[0-9]+/.test(g.getAttribute('class')); }).id")
+    title = chrome.click_node(stub)
+    producer = title.removeprefix("from ").split(" (")[0]
+    assert chrome.js("document.body.dataset.selected") == f"R:{producer}"
+    assert chrome.problems() == []
 
 
 def test_render_html_escapes_hostile_names() -> None:
@@ -456,3 +469,26 @@ def test_render_html_escapes_hostile_names() -> None:
     assert page.count("</script>") == 2 and "</script><script>alert" not in page
     data = page.split('<script type="application/json" id="fuser-diff-data">')[1].split("</script>")[0]
     assert json.loads(data)["left"]["nodes"][3][0] == '</script><script>alert(1)</script>"&'
+
+
+def test_long_edges_become_stubs_past_the_layout_budget(monkeypatch) -> None:
+    """A tensor feeding layers all along a deep model would cost dot minutes; past the budget its longest
+    edges are drawn as stubs that name (and link to) the producer."""
+    from fuser.visual import layout
+    from fuser.visual.layout import DrawNode, render_svg, shorten_long_edges
+
+    need("Graphviz dot", shutil.which("dot"))
+    nodes = [DrawNode(f"L{i}", "Add", f"add{i}", "plain", "#fff", "#999", f"add{i} (Add)") for i in range(120)]
+    edges = [(f"L{i}", f"L{i + 1}") for i in range(119)] + [("L0", f"L{i}") for i in range(10, 120, 10)]
+    same, kept = shorten_long_edges(list(nodes), edges, budget=10_000)
+    assert same == nodes and kept == edges  # under budget: untouched
+    ns, es = shorten_long_edges(list(nodes), edges, budget=100)
+    stubs = [n for n in ns if n.small]
+    assert stubs and all(n.classes == "stub to-L0" and "add0" in n.label_top for n in stubs)
+    assert sum(int(b[1:]) - 1 for a, b in es if a == "L0") <= 100  # what is left fits the budget
+    assert {b for a, b in es if a.startswith("LS")} == {"L50", "L60", "L70", "L80", "L90", "L100", "L110"}
+    monkeypatch.setattr(layout, "VIRTUAL_BUDGET", (100, 100))
+    svg = render_svg(nodes, edges, "deep")
+    # (dot writes the "-" of a class as &#45;; the browser reads it back as "-")
+    assert len(re.findall(r'class="node stub to(?:-|&#45;)L0"', svg)) == len(stubs)
+    assert "<title>add0 (Add)</title>" in svg

@@ -12,13 +12,13 @@ import html
 import re
 import shutil
 import subprocess
+from collections import defaultdict
 from dataclasses import dataclass
 
 from ..errors import InputError
 
 DOT_INSTALL_HINT = ("Graphviz `dot` not found on PATH: install Graphviz (Debian/Ubuntu: apt-get install graphviz; "
                     "macOS: brew install graphviz; conda: conda install graphviz), or set ONNX_FUSE_DOT")
-BIG = 4000  # nodes: from here on cheaper edge routing and fewer ordering passes
 
 
 @dataclass
@@ -33,6 +33,7 @@ class DrawNode:
     shape: str = "box"
     dashed: bool = False
     bold: bool = False
+    small: bool = False  # one small line (edge stubs)
 
 
 def dot_executable() -> str:
@@ -57,12 +58,16 @@ def short(s: str, n: int = 30) -> str:
     return s if len(s) <= n else s[: n // 2 - 1] + "…" + s[-(n - n // 2):]
 
 
-def to_dot(nodes: list[DrawNode], edges: list[tuple[str, str]], name: str) -> str:
-    big = len(nodes) >= BIG
+def to_dot(nodes: list[DrawNode], edges: list[tuple[str, str]], name: str, effort: int = 0) -> str:
+    """``effort`` 0: dot's defaults where they are fast enough; 1 and 2: fewer network-simplex iterations
+    for the x positions (the part that grows fastest with size) and fewer crossing-minimisation passes."""
+    size = len(nodes) + len(edges)
+    if effort == 0 and size > 2500:
+        effort = 1
+    tuning = {0: "", 1: ", nslimit=0.2, mclimit=0.5", 2: ", splines=line, nslimit=0.05, mclimit=0.1, remincross=false"}
     lines = [
         f"digraph {_q(name)} {{",
-        '  graph [rankdir=TB, nodesep=0.18, ranksep=0.3, bgcolor="transparent", margin=0.1'
-        + (", splines=line, nslimit=2, nslimit1=2, mclimit=0.3, searchsize=10" if big else "") + "];",
+        '  graph [rankdir=TB, nodesep=0.18, ranksep=0.3, bgcolor="transparent", margin=0.1' + tuning[effort] + "];",
         '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10, height=0.3, '
         'margin="0.08,0.03", penwidth=1];',
         '  edge [arrowsize=0.5, color="#8a8a8a", penwidth=0.8];',
@@ -71,34 +76,91 @@ def to_dot(nodes: list[DrawNode], edges: list[tuple[str, str]], name: str) -> st
         style = "rounded,filled" + (",dashed" if n.dashed else "") + (",bold" if n.bold else "")
         if n.shape != "box":
             style = "filled" + (",dashed" if n.dashed else "")
-        label = f"<<b>{_h(n.label_top)}</b>"
+        label = f"<<b>{_h(n.label_top)}</b>" if not n.small else f'<<font point-size="8">{_h(n.label_top)}</font>'
         if n.label_bottom:
             label += f'<br/><font point-size="8">{_h(short(n.label_bottom))}</font>'
         label += ">"
         lines.append(f"  {n.id} [id={_q(n.id)}, class={_q(n.classes)}, label={label}, shape={n.shape}, "
                      f"style={_q(style)}, fillcolor={_q(n.fill)}, color={_q(n.stroke)}];")
     seen: set[tuple[str, str]] = set()
+    stubs = {n.id for n in nodes if n.small}
     for a, b in edges:
         if (a, b) not in seen:
             seen.add((a, b))
-            lines.append(f"  {a} -> {b};")
+            lines.append(f"  {a} -> {b}" + (" [style=dashed];" if a in stubs else ";"))
     lines.append("}")
     return "\n".join(lines)
 
 
-def render_svg(nodes: list[DrawNode], edges: list[tuple[str, str]], name: str, timeout: float = 600) -> str:
+def shorten_long_edges(nodes: list[DrawNode], edges: list[tuple[str, str]], budget: int,
+                       min_span: int = 6) -> tuple[list[DrawNode], list[tuple[str, str]]]:
+    """Bound the layout's cost: ``dot`` turns an edge spanning k ranks into k-1 virtual nodes, and a tensor
+    that feeds layers all along a deep model (an attention mask, a shape, a graph input) makes tens of
+    thousands of them — minutes of layout. Past ``budget`` virtual nodes, the longest edges are drawn as
+    a short dashed stub above their consumer, labelled with the producer (a click on it jumps there)."""
+    edges = list(dict.fromkeys(edges))
+    ids = [n.id for n in nodes]
+    succ: dict[str, list[str]] = defaultdict(list)
+    indeg = dict.fromkeys(ids, 0)
+    for a, b in edges:
+        succ[a].append(b)
+        indeg[b] += 1
+    rank = dict.fromkeys(ids, 0)
+    todo = [i for i in ids if indeg[i] == 0]
+    while todo:
+        a = todo.pop()
+        for b in succ[a]:
+            rank[b] = max(rank[b], rank[a] + 1)
+            indeg[b] -= 1
+            if indeg[b] == 0:
+                todo.append(b)
+    # dot pulls a producer down next to its nearest consumer
+    home = {a: max(rank[a], min(rank[b] for b in succ[a]) - 1) if succ[a] else rank[a] for a in ids}
+    spans = sorted(((rank[b] - home[a], a, b) for a, b in edges), reverse=True)
+    total = sum(s - 1 for s, _, _ in spans if s > 1)
+    if total <= budget:
+        return nodes, edges
+    by_id = {n.id: n for n in nodes}
+    cut: dict[tuple[str, str], str] = {}
+    for span, a, b in spans:
+        if total <= budget or span <= min_span:
+            break
+        src = by_id[a]
+        sid = f"{a[0]}S{len(cut)}"
+        cut[(a, b)] = sid
+        total -= span - 1
+        name = src.label_bottom or src.label_top
+        nodes.append(DrawNode(sid, f"↑ {short(name, 26)}", "", f"stub to-{a}", "#ffffff", "#bbbbbb",
+                              f"from {name} ({src.label_top}), {span} ranks up: click to go there",
+                              dashed=True, small=True))
+    new_edges = [(cut[(a, b)], b) if (a, b) in cut else (a, b) for a, b in edges]
+    return nodes, new_edges
+
+
+VIRTUAL_BUDGET = (3000, 800)  # per effort level: long edges beyond this many dot virtual nodes become stubs
+
+
+def render_svg(nodes: list[DrawNode], edges: list[tuple[str, str]], name: str, timeout: float = 120) -> str:
+    """Lay out with dot; if that takes longer than ``timeout`` seconds, once more with cheaper settings."""
     exe = dot_executable()
-    src = to_dot(nodes, edges, name)
-    try:
-        p = subprocess.run([exe, "-Tsvg"], input=src.encode("utf-8"), capture_output=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise InputError(f"Graphviz dot took longer than {timeout:.0f} s to lay out {len(nodes)} nodes") from None
-    except OSError as e:
-        raise InputError(f"cannot run Graphviz dot ({exe}): {e}") from None
-    if p.returncode != 0:
-        msg = p.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise InputError(f"Graphviz dot failed: {msg[0] if msg else 'exit ' + str(p.returncode)}")
-    return clean_svg(p.stdout.decode("utf-8"), {n.id: n.title for n in nodes})
+    titles = {n.id: n.title for n in nodes}
+    for attempt, effort in enumerate((0, 2)):
+        ns, es = shorten_long_edges(list(nodes), edges, VIRTUAL_BUDGET[min(attempt, 1)])
+        titles.update({n.id: n.title for n in ns})
+        src = to_dot(ns, es, name, effort)
+        try:
+            p = subprocess.run([exe, "-Tsvg"], input=src.encode("utf-8"), capture_output=True,
+                               timeout=timeout * (1 + 2 * attempt))
+        except subprocess.TimeoutExpired:
+            continue
+        except OSError as e:
+            raise InputError(f"cannot run Graphviz dot ({exe}): {e}") from None
+        if p.returncode != 0:
+            msg = p.stderr.decode("utf-8", "replace").strip().splitlines()
+            raise InputError(f"Graphviz dot failed: {msg[0] if msg else 'exit ' + str(p.returncode)}")
+        return clean_svg(p.stdout.decode("utf-8"), titles)
+    raise InputError(f"Graphviz dot could not lay out the {name} graph ({len(nodes)} nodes) in "
+                     f"{timeout * 4:.0f} s")
 
 
 _PROLOG = re.compile(r"<\?xml[^>]*\?>|<!DOCTYPE[^>]*>|<!--.*?-->", re.S)

@@ -101,6 +101,12 @@
       if (moved) { moved = false; return; }
       var g = ev.target.closest ? ev.target.closest("g.node") : null;
       if (!g || !g.id) return;
+      var to = /(?:^|\s)to-(\S+)/.exec(g.getAttribute("class") || "");
+      if (to) { // the stub of a long edge: go to its producer
+        g = document.getElementById(to[1]);
+        if (!g) return;
+        if (!/^[LR][0-9]+$/.test(g.id)) { revealElement(g); return; }
+      }
       var id = g.id, side = id.charAt(0), rest = id.slice(1);
       if (!/^[0-9]+$/.test(rest)) return; // graph input / output
       select(side, parseInt(rest, 10), { from: "click" });
@@ -123,6 +129,11 @@
     var cy = (b.b - b.t < v.clientHeight - 40 ? (b.t + b.b) / 2 : first.top + v.clientHeight / 2 - 40);
     v.scrollLeft += cx - (vr.left + v.clientWidth / 2);
     v.scrollTop += cy - (vr.top + v.clientHeight / 2);
+  }
+  function revealElement(e) {
+    var v = e.closest(".view"), r = e.getBoundingClientRect(), vr = v.getBoundingClientRect();
+    v.scrollLeft += r.left + r.width / 2 - (vr.left + v.clientWidth / 2);
+    v.scrollTop += r.top + r.height / 2 - (vr.top + v.clientHeight / 2);
   }
   function clear() {
     marked.forEach(function (e) { e.classList.remove("sel", "rel"); });

@@ -81,7 +81,7 @@ def _draw(side: str, nodes: list[Node], classes: list[str], inputs: list[str], o
         producer[t] = nid
     drawn: set[str] = set()
     for n, cls in zip(nodes, classes, strict=True):
-        if cls == "const" and not show_constants:
+        if n.const and not show_constants:
             continue
         nid = f"{side}{n.index}"
         drawn.add(nid)
@@ -154,7 +154,7 @@ def _op_rows(d: GraphDiff) -> str:
 
 def _data(d: GraphDiff, lcls: list[str], rcls: list[str], show_constants: bool) -> dict:
     def nodes(ns: list[Node], classes: list[str], groups: dict[int, int]) -> list[list]:
-        return [[n.name, n.op, c, n.doc, groups.get(n.index, -1), int(c != "const" or show_constants),
+        return [[n.name, n.op, c, n.doc, groups.get(n.index, -1), int(not n.const or show_constants),
                  n.inputs[:12], n.outputs[:12]] for n, c in zip(ns, classes, strict=True)]
 
     return {
@@ -190,20 +190,23 @@ def render_html(d: GraphDiff, title: str | None = None, show_constants: bool = F
     with ThreadPoolExecutor(2) as pool:  # two dot processes at once
         left = pool.submit(_draw, "L", d.original_nodes, lcls, d.original_inputs, d.original_outputs,
                            show_constants, "original")
-        right = pool.submit(_draw, "R", d.fused_nodes, rcls, d.fused_inputs, d.fused_outputs, True, "fused")
+        right = pool.submit(_draw, "R", d.fused_nodes, rcls, d.fused_inputs, d.fused_outputs, show_constants,
+                            "fused")
         left_svg, right_svg = left.result(), right.result()
     data = json.dumps(_data(d, lcls, rcls, show_constants), ensure_ascii=False, separators=(",", ":"))
     data = data.replace("</", "<\\/").replace("<!--", "<\\!--")
     nb, na = len(d.original_nodes), len(d.fused_nodes)
     fused = d.fused_groups()
     folds = sum(len(g.folded) for g in d.groups)
-    n_const = sum(1 for c in lcls if c == "const")
+    n_const = sum(1 for n in d.original_nodes if n.const)
+    n_const_right = sum(1 for n in d.fused_nodes if n.const)
     n_removed = sum(1 for c in lcls if c == "removed")
     title = title or f"onnx-fuse diff: {os.path.basename(d.original_path)} → {os.path.basename(d.fused_path)}"
     const_note = ""
     if n_const:
-        const_note = (f'<span class="note">{n_const} original nodes compute weights from constants only and were '
-                      f"folded into initializers{'' if show_constants else ' (not drawn; --show-constants draws them)'}"
+        kept = f", {n_const_right} of them still in the fused graph" if n_const_right else ""
+        const_note = (f'<span class="note">{n_const} original nodes compute from constants only (weights; '
+                      f"folded into initializers{kept}){'' if show_constants else ': not drawn (--show-constants)'}"
                       "</span>")
     legend = "".join(f'<span class="lg"><i style="background:{STYLE[c][0]};border-color:{STYLE[c][1]}"></i>'
                      f"{_e(t)}</span>" for c, t in LEGEND)
