@@ -11,6 +11,8 @@ Op types (domain ``fuser``, version 1):
 - ``FusedBatchNorm<Act>``  inputs X, scale, shift [, clip_min, clip_max]  per-channel affine+activation
 - ``FusedLeakyRelu``       input X                                    LeakyRelu as one kernel
 - ``FusedGroupNorm<Act>``  inputs X, gamma, beta [, eps, group_shape]  GroupNormalization+activation
+- ``FusedAttention<Variant>``  inputs Q, K, V [, per-term bias/mask/fill] [, scale]  scaled-dot-product
+  attention (:mod:`fuser.fused_attention` defines the variants and the body)
 
 ``<Act>`` is one of the names in :data:`fuser.kernels.activations.ACTIVATIONS` ("" for none).
 """
@@ -154,22 +156,34 @@ def group_norm_standard_body(y: str) -> list[onnx.NodeProto]:
 class FusedOpType:
     """One fused op type: what it is called, which kernel family runs it, how its body reads."""
 
-    base: str  # "Conv", "BatchNorm", "LeakyRelu", "GroupNorm"
+    base: str  # "Conv", "BatchNorm", "LeakyRelu", "GroupNorm", "Attention"
     activation: str = ""
     residual: bool = False
+    variant: str = ""  # Attention: the op-type suffix (fuser.fused_attention.AttentionVariant)
 
     @property
     def name(self) -> str:
         if self.base == "LeakyRelu":
             return "FusedLeakyRelu"
+        if self.base == "Attention":
+            return "FusedAttention" + self.variant
         return f"Fused{self.base}{'Add' if self.residual else ''}{self.activation}"
 
     @property
     def kernel(self) -> str:
-        return {"Conv": "conv", "BatchNorm": "batchnorm", "LeakyRelu": "leaky_relu", "GroupNorm": "group_norm"}[
-            self.base]
+        return {"Conv": "conv", "BatchNorm": "batchnorm", "LeakyRelu": "leaky_relu", "GroupNorm": "group_norm",
+                "Attention": "attention"}[self.base]
+
+    def attention_variant(self):
+        from .fused_attention import AttentionVariant
+
+        return AttentionVariant.parse(self.variant)
 
     def formal_inputs(self, opset: int) -> list[str]:
+        if self.base == "Attention":
+            from .fused_attention import formal_inputs
+
+            return formal_inputs(self.attention_variant(), opset)
         ins = {"Conv": ["X", "W", "B"], "BatchNorm": ["X", "scale", "shift"], "LeakyRelu": ["X"],
                "GroupNorm": ["X", "gamma", "beta"]}[self.base]
         if self.base == "GroupNorm" and group_norm_constants_as_inputs(opset):
@@ -181,6 +195,10 @@ class FusedOpType:
         return ins
 
     def attributes(self) -> list[str]:
+        if self.base == "Attention":
+            from .fused_attention import ATTRS
+
+            return list(ATTRS) + list(KERNEL_ATTRS)
         attrs = list(CONV_ATTRS) if self.base == "Conv" else []
         if self.base == "GroupNorm":
             attrs += ["num_groups", "epsilon"]
@@ -193,6 +211,16 @@ class FusedOpType:
         """The body at ``opset``. ``standard_group_norm`` (GroupNorm at opset >= 21 only): one
         GroupNormalization-21 instead of its decomposition (``--target onnx``)."""
         nodes: list[onnx.NodeProto] = []
+        if self.base == "Attention":
+            from .fused_attention import body
+
+            v = self.attention_variant()
+            return helper.make_function(
+                DOMAIN, self.name, self.formal_inputs(opset), ["Y"], body(v, opset),
+                [helper.make_opsetid("", opset)], self.attributes(),
+                doc_string=f"onnx-fuse fused op: scaled-dot-product attention (score terms: {v.mask_kind}"
+                f"{', causal' if v.causal else ''}{', grouped KV heads' if v.gqa else ''}"
+                f"{', NaN rows to 0' if v.nan_zero else ''}); runs on kernel family 'attention'.")
         if self.base == "Conv":
             conv = helper.make_node("Conv", ["X", "W", "B"], ["conv_out"])
             conv.attribute.extend(_ref(a) for a in CONV_ATTRS)
@@ -226,6 +254,11 @@ def parse_op_type(op_type: str) -> FusedOpType | None:
 
     if op_type == "FusedLeakyRelu":
         return FusedOpType("LeakyRelu")
+    if op_type.startswith("FusedAttention"):
+        from .fused_attention import AttentionVariant
+
+        suffix = op_type[len("FusedAttention"):]
+        return FusedOpType("Attention", variant=suffix) if AttentionVariant.parse(suffix) is not None else None
     if op_type.startswith("FusedGroupNorm"):
         act = op_type[len("FusedGroupNorm"):]
         return FusedOpType("GroupNorm", act) if act in GROUP_NORM_ACTIVATIONS else None
