@@ -104,13 +104,17 @@ main.add_command(view_cmd)
               show_default=True, help="Where the runtime verifies the fused kernels.")
 @click.option("--report", "report", type=click.Path(path_type=Path), help="Write a JSON report here.")
 @click.option("--keep-on-fail", is_flag=True, help="Write the output even if verification fails.")
+@click.option("--tune", is_flag=True, help="Time each fused conv's candidate kernels (and the onnxruntime "
+              "library path) on the GPU and keep the fastest as its tactic; default: a documented heuristic.")
+@click.option("--allow-tf32", "allow_tf32", is_flag=True, help="Allow TF32 tensor-core conv tactics; the default "
+              "verification tolerance of fp32 outputs becomes 1e-2 when one is chosen.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("--mapping", type=click.Path(path_type=Path), metavar="FILE.json",
               help="Also write the fused-node → source-nodes map for Model Explorer's split view.")
 @click.option("--view", is_flag=True, help="Then serve MODEL and OUT with Netron on loopback (Ctrl+C stops).")
 @click.option("--no-browser", is_flag=True, help="With --view: print the two URLs, open no browser.")
 def fuse_cmd(model, output, target, skip, list_passes, no_verify, rtol, atol, inputs, shapes, seed, device,
-             report, keep_on_fail, quiet, mapping, view, no_browser) -> None:
+             report, keep_on_fail, tune, allow_tf32, quiet, mapping, view, no_browser) -> None:
     """Rewrite MODEL and write the verified result to -o OUT."""
     from fuser.passes import pass_names
 
@@ -131,7 +135,7 @@ def fuse_cmd(model, output, target, skip, list_passes, no_verify, rtol, atol, in
         signal.signal(signal.SIGINT, signal.default_int_handler)
         result = optimize(model, output, target=target, skip=tuple(skip), verify_result=not no_verify,
                           rtol=rtol, atol=atol, inputs=feeds, shapes=shape_map, keep_on_fail=keep_on_fail,
-                          device=device, report=report, seed=seed)
+                          device=device, report=report, seed=seed, tune=tune, allow_tf32=allow_tf32)
         if mapping is not None:
             write_mapping_for(model, result.model, mapping, output)
     except KeyboardInterrupt:

@@ -18,6 +18,7 @@ from .report import build_report, op_counts, write_json
 from .verify import Verification, make_inputs, verify
 
 TARGETS = ("hip", "onnx")
+TF32_RTOL = 1e-2  # default rel-L2 tolerance once a TF32 tactic runs (10-bit mantissa products)
 MAX_OPSET_SUPPORTED = None  # filled lazily from onnx.defs
 
 
@@ -116,8 +117,12 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
              rtol: float | None = None, atol: float | None = None,
              inputs: dict[str, np.ndarray] | None = None, shapes: dict[str, list[int]] | None = None,
              keep_on_fail: bool = False, device: str = "auto", report: str | os.PathLike | None = None,
-             seed: int = 0) -> OptimizeResult:
+             seed: int = 0, tune: bool = False, allow_tf32: bool = False) -> OptimizeResult:
     """Rewrite ``model``; verify it against the original; write it to ``output`` (atomically).
+
+    Every fused conv node gets a tactic (:mod:`fuser.tune`): the heuristic, or with ``tune`` the fastest
+    candidate timed on the GPU. ``allow_tf32`` admits TF32 tensor-core tactics and, when one is chosen,
+    widens the default verification tolerance of fp32 outputs to ``TF32_RTOL`` (said in the report).
 
     Raises :class:`InputError` (exit 2) for bad input and :class:`VerificationError` (exit 1) when the
     rewritten model does not match; nothing is written then unless ``keep_on_fail``.
@@ -142,6 +147,22 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     feeds = make_inputs(proto, seed, inputs, shapes) if verify_result else None
     res = run_pipeline(proto, target=target, skip=tuple(skip))
     timings["passes"] = time.perf_counter() - t1
+    tactics: dict[str, str] = {}
+    if tune and target != "hip":
+        raise InputError("--tune picks kernels for fused nodes: it needs --target hip")
+    if target == "hip":
+        from .tune import assign_tactics, tune_tactics
+
+        t_tune = time.perf_counter()
+        tactics = assign_tactics(res.model, allow_tf32)
+        if tune:
+            tactics = {i.node.name: i.tactic for i in tune_tactics(res.model, allow_tf32, device)}
+            timings["tune"] = time.perf_counter() - t_tune
+        for rec in res.fusions:
+            if rec.fused_node in tactics:
+                rec.tactic = tactics[rec.fused_node]
+    if rtol is None and any(t.startswith("mma_tf32") for t in tactics.values()):
+        rtol = TF32_RTOL
 
     result = OptimizeResult(
         model=res.model, fusions=res.fusions, verification=None, ops_before=op_counts(proto),
@@ -181,7 +202,7 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     result.report = build_report(result, {
         "target": target, "skip": list(skip), "verify": verify_result, "rtol": rtol, "atol": atol,
         "shapes": shapes or {}, "inputs": sorted(inputs or {}), "keep_on_fail": keep_on_fail,
-        "device": device, "seed": seed})
+        "device": device, "seed": seed, "tune": tune, "allow_tf32": allow_tf32})
     if report is not None:
         write_json(result.report, str(report))
     if failure is not None:

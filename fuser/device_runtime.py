@@ -8,9 +8,9 @@ buffers through ``data_ptr()``. One stream, created here, is given to every onnx
 synchronisation and no host round trip until the caller asks for numpy outputs.
 
 A fused node runs on a bundled kernel when its family has device code for it and its parameter inputs
-are constants; otherwise (today: the conv family, whose device kernels are the next issue) it stays
-inside an island, where onnxruntime inlines its function body and runs it with cuDNN/MIOpen — the
-"library" tactic.
+are constants (a FusedConvAdd's residual is a runtime input); a fused conv runs the kernel its
+``tactic`` attribute names (:mod:`fuser.tune`), except tactic ``library`` and 3-D convolutions, which
+stay inside an island, where onnxruntime inlines the function body and runs it with cuDNN/MIOpen.
 
 The AMD path (hip backend + ROCm EP) is written to the same shape but has never run: the project has
 no AMD GPU. Only the NVIDIA path is tested (H100/H200).
@@ -55,18 +55,43 @@ def _gn_runner(backend, shape, dtype, attrs: dict, consts: list[np.ndarray | Non
                              attrs.get("activation", ""), attrs.get("alpha", 0.01), attrs.get("beta", 0.0))
 
 
-# fused base → runner builder; every one of these is element-shaped (output shape = input shape)
+_CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
+
+
+def _conv_runner(backend, shape, dtype, attrs: dict, consts: list[np.ndarray | None]) -> Callable:
+    """FusedConv[Add]<Act>: inputs X, W, B [, R] [, clip bounds]; R (input 3) is the one runtime input."""
+    from .kernels import conv
+
+    return conv.Runner(backend, shape, dtype, consts[1], consts[2], residual=len(consts) > 3 and consts[3] is None,
+                       activation=attrs.get("activation", ""), alpha=attrs.get("alpha", 0.01),
+                       beta=attrs.get("beta", 0.0), clip_min=attrs.get("clip_min", float("-inf")),
+                       clip_max=attrs.get("clip_max", float("inf")), tactic=attrs.get("tactic", "auto"),
+                       **{k: attrs[k] for k in _CONV_ATTRS if k in attrs})
+
+
+# fused base → runner builder. A runner's output shape is the input's unless it has ``output_shape``.
 RUNNER_BUILDERS: dict[str, Callable] = {"BatchNorm": _bn_runner, "LeakyRelu": _lrelu_runner,
-                                        "GroupNorm": _gn_runner}
+                                        "GroupNorm": _gn_runner, "Conv": _conv_runner}
 _KERNEL_DTYPES = (np.float32, np.float16)
+
+
+def _runtime_inputs(ftype: FusedOpType) -> set[int]:
+    """Input positions (besides X) that are values computed at run time, not constants."""
+    return {3} if ftype.base == "Conv" and ftype.residual else set()
 
 
 def runs_on_device(node: onnx.NodeProto, ftype: FusedOpType, initializers: dict) -> bool:
     """Does this fused node get a device kernel (else it stays in an onnxruntime island)?"""
     if ftype.base not in RUNNER_BUILDERS:
         return False
+    if ftype.base == "Conv":  # tactic "library", or a conv our kernels do not do (3-D): onnxruntime
+        tactic = next((a.s.decode() for a in node.attribute if a.name == "tactic"), "auto")
+        w = initializers.get(node.input[1]) if len(node.input) > 1 else None
+        if tactic == "library" or w is None or len(w.dims) not in (3, 4):
+            return False
     # parameter inputs must be constants: runners upload them once
-    return all(name in initializers for name in node.input[1:] if name)
+    runtime = _runtime_inputs(ftype)
+    return all(name in initializers for i, name in enumerate(node.input) if i >= 1 and name and i not in runtime)
 
 
 class DeviceExecutor:
@@ -150,15 +175,18 @@ class DeviceExecutor:
             raise TypeError(f"{step.node.name}: kernels take float32/float16, got {x.data_type()}")
         key = (step.node.name, shape, np.dtype(dtype).str)
         runner = self._runners.get(key)
+        inits = self.session.initializers
         if runner is None:
-            consts = [None] + [self._const(n) if n else None for n in step.node.input[1:]]
+            consts = [None] + [self._const(n) if n in inits else None for n in step.node.input[1:]]
             runner = self._runners[key] = RUNNER_BUILDERS[step.ftype.base](
                 self.backend, shape, dtype, step.attrs, consts)
         out = self._buffers.get(key)
         if out is None:  # outputs are reused run to run: the caller gets copies (numpy) or syncs first
             out = self._buffers[key] = self.ort.OrtValue.ortvalue_from_shape_and_type(
-                list(shape), dtype, self.ort_device, 0)
-        runner((x.data_ptr(),), out.data_ptr(), self.stream)
+                list(getattr(runner, "output_shape", shape)), dtype, self.ort_device, 0)
+        # X, then the runtime inputs in order (a FusedConvAdd's residual)
+        ptrs = [x.data_ptr()] + [values[n].data_ptr() for n in step.node.input[1:] if n and n not in inits]
+        runner(ptrs, out.data_ptr(), self.stream)
         values[step.node.output[0]] = out
 
     def _run_island(self, step: Any, values: dict[str, Any]) -> None:

@@ -1,0 +1,208 @@
+"""Fused Conv+BN+LeakyReLU kernels vs PyTorch/cuDNN on the seed report's conv problem set, in one run.
+
+Per problem (N, Cin, H, W, Cout, K; stride 1, pad K//2): BN (random statistics) is folded into the
+weights and bias in float64 (what fold_bn does), and our fused kernel computes conv + bias + LeakyReLU(0.1)
+in one launch. Baselines, in the same process: eager ``conv2d -> batch_norm -> leaky_relu`` (three
+launches) and ``conv2d`` alone (cuDNN), both with ``torch.backends.cudnn.allow_tf32 = False`` for fp32;
+TF32: our ``mma_tf32`` tactic vs cuDNN conv alone with TF32 allowed; fp16: our ``mma_f16`` vs cuDNN fp16.
+
+Method (as bench_kernels.py): each op is captured ``inner`` times into a CUDA graph, rotating over
+enough input/output sets to exceed 3x L2 when one set fits in it, the graph is replayed after warm-up,
+timed with CUDA events; the median replay / inner is reported. Inputs are fresh ``randn``. Accuracy:
+SNR in dB and relative L2 against a float64 reference computed on the GPU (torch float64), for ours
+and for cuDNN.
+
+Usage: python bench/bench_conv.py [--out DIR] [--quick] [--tactics]   (--tactics: time every tactic)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fuser.kernels import conv
+from fuser.kernels.backend import select_backend
+
+PROBLEMS = [  # name, N, Cin, H, W, Cout, K (seed report table 1)
+    ("small_1", 1, 3, 64, 64, 16, 3),
+    ("mobilenet_like", 1, 64, 56, 56, 64, 3),
+    ("resnet_block", 1, 64, 56, 56, 128, 1),
+    ("medium", 1, 32, 128, 128, 64, 3),
+    ("large_batch", 8, 64, 128, 128, 128, 3),
+    ("large_spatial", 4, 64, 256, 256, 128, 3),
+    ("very_wide_pointwise", 1, 128, 32, 320, 256, 1),
+    ("1x1_heavy_channels", 1, 512, 16, 16, 512, 1),
+    ("5x5_kernel", 1, 32, 64, 64, 64, 5),
+]
+ALPHA = 0.1
+
+
+def time_graph(call, nsets: int, inner_min: int = 10, reps: int = 15, warmup: int = 2) -> float:
+    inner = max(inner_min, nsets)
+    inner = math.ceil(inner / nsets) * nsets
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        for i in range(nsets):
+            call(i, s.cuda_stream)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g, stream=s):
+        st = torch.cuda.current_stream().cuda_stream
+        for j in range(inner):
+            call(j % nsets, st)
+    for _ in range(warmup):
+        g.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        g.replay()
+        e1.record()
+        e1.synchronize()
+        times.append(e0.elapsed_time(e1) / inner)
+    del g
+    torch.cuda.synchronize()
+    return statistics.median(times)
+
+
+def acc(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    o, r = out.double().ravel(), ref.ravel()
+    ne = torch.linalg.vector_norm(o - r).item()
+    nr = torch.linalg.vector_norm(r).item()
+    return (10 * math.log10(nr * nr / (ne * ne)) if ne > 0 else float("inf")), ne / nr
+
+
+def run_problem(be, name, n, c, h, w, m, k, dtype, args, l2: int) -> dict:
+    torch.manual_seed(hash(name) % 2 ** 31)
+    tdt = torch.float32 if dtype == np.float32 else torch.float16
+    pad = k // 2
+    wt = torch.randn(m, c, k, k, device="cuda", dtype=torch.float64) / math.sqrt(c * k * k)
+    gamma = 1 + 0.2 * torch.randn(m, device="cuda", dtype=torch.float64)
+    beta = 0.2 * torch.randn(m, device="cuda", dtype=torch.float64)
+    mean = 0.2 * torch.randn(m, device="cuda", dtype=torch.float64)
+    var = 0.5 + torch.rand(m, device="cuda", dtype=torch.float64)
+    eps = 1e-5
+    scale = gamma / torch.sqrt(var + eps)
+    wf64, bf64 = wt * scale.view(-1, 1, 1, 1), beta - mean * scale
+    set_bytes = (n * c * h * w + 2 * n * m * h * w) * (4 if dtype == np.float32 else 2)
+    nsets = 1 if set_bytes >= 3 * l2 else min(16, math.ceil(3 * l2 / set_bytes))
+    xs = [torch.randn(n, c, h, w, device="cuda", dtype=tdt) for _ in range(nsets)]
+    ys = [torch.empty(n, m, h, w, device="cuda", dtype=tdt) for _ in range(nsets)]
+    w_t, wf, bf = wt.to(tdt), wf64.to(tdt), bf64.float()
+    bn = [t.to(tdt) for t in (mean, var, gamma, beta)]
+    ref = F.leaky_relu(F.conv2d(xs[0].double(), wf64, bf64, padding=pad), ALPHA)
+    row = {"case": name, "shape": [n, c, h, w, m, k], "dtype": np.dtype(dtype).name,
+           "gflop": 2 * n * h * w * m * c * k * k / 1e9}
+    tf32_modes = [False, True] if dtype == np.float32 else [False]
+    for tf32 in tf32_modes:
+        torch.backends.cudnn.allow_tf32 = tf32
+        tag = "_tf32" if tf32 else ""
+        row["cudnn" + tag] = time_graph(lambda i, st: F.conv2d(xs[i], w_t, None, padding=pad), nsets)
+        out = F.leaky_relu(F.conv2d(xs[0], wf, bf.to(tdt), padding=pad), ALPHA)
+        row["cudnn_snr" + tag], row["cudnn_rel" + tag] = acc(out, ref)
+        if not tf32:
+            row["eager3"] = time_graph(lambda i, st: F.leaky_relu(F.batch_norm(
+                F.conv2d(xs[i], w_t, None, padding=pad), bn[0], bn[1], bn[2], bn[3], False, 0.0, eps), ALPHA), nsets)
+    torch.backends.cudnn.allow_tf32 = False
+    geom = conv.geometry((n, c, h, w), (m, c, k, k), pads=[pad] * 4)
+    if dtype == np.float32:
+        cands = [conv.heuristic(geom, dtype)]
+        if args.tactics:
+            cands += [t for t in conv.candidate_tactics(geom, dtype, allow_tf32=False)[1:] if t not in cands]
+        elif geom.winograd_ok and "winograd" not in cands:
+            cands.append("winograd")
+        if "igemm" not in cands:
+            cands.append("igemm")
+        tf32_cands = ["mma_tf32"] + (["mma_tf32_128x128", "mma_tf32_64x64"] if args.tactics else [])
+    else:
+        cands, tf32_cands = ["mma_f16"] + (["mma_f16_128x128", "mma_f16_64x64", "igemm"] if args.tactics else []), []
+    wnp = wf.cpu().numpy() if dtype == np.float32 else wf.float().cpu().numpy().astype(np.float16)
+    bnp = bf.cpu().numpy()
+    ours = {}
+    for i, t in enumerate(cands + tf32_cands):
+        r = conv.Runner(be, (n, c, h, w), dtype, wnp, bnp, activation="LeakyRelu", alpha=ALPHA, tactic=t,
+                        allow_tf32=t.startswith("mma_tf32"), pads=[pad] * 4)
+        name_t = r.tactic
+        if name_t in ours:
+            continue
+        y = ys[0].fill_(float("nan"))
+        r((xs[0].data_ptr(),), y.data_ptr())
+        torch.cuda.synchronize()
+        written = bool(torch.isfinite(y).all().item())
+        snr, rel = acc(y, ref)
+        ms = time_graph(lambda j, st, r=r: r((xs[j].data_ptr(),), ys[j].data_ptr(), st), nsets)
+        ours[name_t] = {"ms": ms, "snr": snr, "rel": rel, "written": written, "tf32": t.startswith("mma_tf32"),
+                        "default": i == 0}
+        print(f"  {name} {np.dtype(dtype).name} {name_t}: {ms:.4f} ms, SNR {snr:.1f} dB, rel {rel:.2e}"
+              f"{'' if written else ' NOT FULLY WRITTEN'}", flush=True)
+    row["ours"] = ours
+    acc_ok = {t: v for t, v in ours.items() if not v["tf32"] and v["written"]}
+    if acc_ok:
+        row["best"] = min(acc_ok, key=lambda t: acc_ok[t]["ms"])
+        row["default"] = next(t for t, v in ours.items() if v["default"])
+    tf = {t: v for t, v in ours.items() if v["tf32"] and v["written"]}
+    if tf:
+        row["best_tf32"] = min(tf, key=lambda t: tf[t]["ms"])
+    xs.clear()
+    ys.clear()
+    torch.cuda.empty_cache()
+    return row
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.environ.get("OUT", "/tmp/out"))
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--tactics", action="store_true", help="time every candidate tactic")
+    ap.add_argument("--fp16", action="store_true", help="also the fp16 rows")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    be = select_backend("cuda")
+    props = torch.cuda.get_device_properties(0)
+    l2 = getattr(props, "L2_cache_size", 50 * 2 ** 20)
+    meta = {"date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name(0), "sms": be.num_sms,
+            "torch": torch.__version__, "cudnn": torch.backends.cudnn.version()}
+    print(json.dumps(meta), flush=True)
+    rows = []
+    probs = PROBLEMS[:3] if args.quick else PROBLEMS
+    t0 = time.time()
+    for p in probs:
+        rows.append(run_problem(be, *p, np.float32, args, l2))
+    if args.fp16:
+        for p in probs:
+            rows.append(run_problem(be, *p, np.float16, args, l2))
+    with open(os.path.join(args.out, "bench_conv.json"), "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    print(f"\n[bench_conv] {meta['device']} torch {meta['torch']} cuDNN {meta['cudnn']} ({time.time() - t0:.0f} s)")
+    print("| case | dtype | eager conv+BN+LReLU | cuDNN conv | ours (tactic) | vs eager | vs cuDNN | SNR ours/cuDNN "
+          "| cuDNN TF32 | ours TF32 | TF32 ratio | SNR TF32 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "best" not in r:
+            continue
+        o = r["ours"][r["best"]]
+        line = (f"| {r['case']} | {r['dtype']} | {r['eager3']:.4f} | {r['cudnn']:.4f} | {o['ms']:.4f} ({r['best']}) | "
+                f"{r['eager3'] / o['ms']:.2f}x | {o['ms'] / r['cudnn']:.2f} | {o['snr']:.1f}/{r['cudnn_snr']:.1f} | ")
+        if "best_tf32" in r:
+            t = r["ours"][r["best_tf32"]]
+            line += (f"{r['cudnn_tf32']:.4f} | {t['ms']:.4f} ({r['best_tf32']}) | {t['ms'] / r['cudnn_tf32']:.2f} | "
+                     f"{t['snr']:.1f}/{r['cudnn_snr_tf32']:.1f} |")
+        else:
+            line += " | | | |"
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

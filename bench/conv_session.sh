@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# One device call for the conv kernels: install the project (no network), compile every conv tactic in
+# parallel into the disk cache, run the conv GPU tests, then the conv benchmark (table printed last).
+# Logs in $OUT. Usage (device tool, carry .whl): bash bench/conv_session.sh [--no-tests] [bench_conv.py args]
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
+TESTS=1
+if [ "${1:-}" = "--no-tests" ]; then TESTS=0; shift; fi
+cd "$REPO"
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/proj . 2>&1 | tail -2
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>&1 | tail -2
+export PYTHONPATH=/tmp/proj:/tmp/site ONNX_FUSE_CACHE_DIR=/tmp/onnx-fuse-cache
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader | tee "$OUT/device.txt"
+cd /tmp
+python3 "$REPO/bench/warm_conv_cache.py" 2>&1 | tail -3
+if [ "$TESTS" = 1 ]; then
+    timeout 240 python3 -m pytest -q -p no:cacheprovider --import-mode=importlib --rootdir="$REPO" \
+        -c "$REPO/pyproject.toml" -m gpu "$REPO/tests/gpu/test_conv_gpu.py" 2>&1 | tee "$OUT/conv_gpu_tests.log" \
+        | grep -E "passed|failed|Error|error|assert" | tail -25
+fi
+if [ -n "${PROFILE:-}" ]; then   # PROFILE="N C H W M K tactic ...": one ncu capture per tactic
+    timeout 240 ncu -k regex:fuser_conv --section SpeedOfLight --section Occupancy --section LaunchStats \
+        --section WarpStateStats --section SchedulerStats python3 "$REPO/bench/profile_conv.py" $PROFILE \
+        > "$OUT/ncu.txt" 2>&1
+    grep -E "fuser_conv|Duration|Compute \(SM\) Throughput|Registers Per|Achieved Occupancy|Warp Cycles Per Issued|Issued Warp Per|Block Limit Reg|Block Limit Shared" "$OUT/ncu.txt" | head -60
+fi
+timeout 400 python3 "$REPO/bench/bench_conv.py" --out "$OUT" "$@" 2>&1 | tee "$OUT/bench_conv.log" | tail -40

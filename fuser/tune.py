@@ -1,0 +1,290 @@
+"""Conv tactics: which kernel runs each fused convolution (the node's ``tactic`` attribute).
+
+Every ``FusedConv*`` node of a ``--target hip`` model names its tactic (see
+:mod:`fuser.kernels.conv`: ``igemm[_BMxBN]``, ``mma_tf32[_..]``, ``mma_f16[_..]``, ``depthwise``,
+``winograd``, ``library``):
+
+- :func:`assign_tactics` — the documented heuristic (:func:`fuser.kernels.conv.heuristic`) from the
+  node's shapes (value_info; a symbolic batch counts as 1) and weight dtype; convolutions no kernel of
+  ours runs (3-D, grouped shapes past 32-bit indexing, unknown input rank) get ``library``: they stay in
+  onnxruntime islands (cuDNN/MIOpen). No device needed.
+- :func:`tune_tactics` — ``onnx-fuse --tune`` on a GPU: per node, time every candidate
+  (:func:`fuser.kernels.conv.candidate_tactics`) at the node's shapes and keep the fastest. Candidates
+  are timed the way the runtime runs them, wall clock per call over back-to-back calls: our kernels
+  launched from Python on one stream, ``library`` as a one-node onnxruntime session on the CUDA EP
+  through IOBinding (its ~11 µs per-island cost included). Where onnxruntime has no GPU provider,
+  ``library`` is timed as cuDNN through PyTorch when PyTorch is present (said so in the timings), else
+  not timed (a kernel of ours then wins). TF32 tactics are candidates only with ``allow_tf32``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .errors import InputError
+from .fused import DOMAIN, parse_op_type
+
+_CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
+
+
+@dataclass
+class ConvNodeInfo:
+    node: onnx.NodeProto
+    x_shape: list[int] | None
+    w_shape: list[int]
+    dtype: np.dtype
+    attrs: dict
+    residual: bool
+    tactic: str = ""
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+
+def _attr_dict(node: onnx.NodeProto) -> dict:
+    out = {}
+    for a in node.attribute:
+        v = helper.get_attribute_value(a)
+        out[a.name] = v.decode() if isinstance(v, bytes) else v
+    return out
+
+
+def _static_shape(vi: onnx.ValueInfoProto | None, batch: int = 1) -> list[int] | None:
+    if vi is None or not vi.type.tensor_type.HasField("shape"):
+        return None
+    dims = []
+    for i, d in enumerate(vi.type.tensor_type.shape.dim):
+        if d.HasField("dim_value") and d.dim_value > 0:
+            dims.append(int(d.dim_value))
+        elif i == 0:
+            dims.append(batch)
+        else:
+            return None
+    return dims
+
+
+def conv_nodes(model: onnx.ModelProto, batch: int = 1) -> list[ConvNodeInfo]:
+    """The fused conv nodes with what the tactic choice needs."""
+    g = model.graph
+    vis = {v.name: v for v in list(g.value_info) + list(g.input) + list(g.output)}
+    inits = {t.name: t for t in g.initializer}
+    out = []
+    for n in g.node:
+        if n.domain != DOMAIN:
+            continue
+        ft = parse_op_type(n.op_type)
+        if ft is None or ft.base != "Conv" or len(n.input) < 2 or n.input[1] not in inits:
+            continue
+        w = inits[n.input[1]]
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(w.data_type))
+        out.append(ConvNodeInfo(n, _static_shape(vis.get(n.input[0]), batch), list(w.dims), dtype,
+                                _attr_dict(n), ft.residual))
+    return out
+
+
+def _set_tactic(node: onnx.NodeProto, tactic: str) -> None:
+    for a in node.attribute:
+        if a.name == "tactic":
+            a.s = tactic.encode()
+            return
+    node.attribute.append(helper.make_attribute("tactic", tactic))
+
+
+def heuristic_tactic(info: ConvNodeInfo, allow_tf32: bool = False, backend_name: str = "cuda") -> str:
+    from .kernels import conv
+
+    if len(info.w_shape) not in (3, 4):
+        return conv.LIBRARY
+    x_shape = info.x_shape
+    if x_shape is None:   # unknown spatial size: any static stand-in decides only the algorithm
+        x_shape = [1, info.w_shape[1] * int(info.attrs.get("group", 1))] + [32] * (len(info.w_shape) - 2)
+    try:
+        g = conv.geometry(x_shape, info.w_shape, **{k: info.attrs[k] for k in _CONV_ATTRS if k in info.attrs})
+    except conv.Unsupported:
+        return conv.LIBRARY
+    return conv.heuristic(g, info.dtype, allow_tf32, backend_name)
+
+
+def assign_tactics(model: onnx.ModelProto, allow_tf32: bool = False, backend_name: str = "cuda") -> dict[str, str]:
+    """Give every fused conv node its heuristic tactic (in place); returns {node name: tactic}."""
+    chosen = {}
+    for info in conv_nodes(model):
+        t = heuristic_tactic(info, allow_tf32, backend_name)
+        _set_tactic(info.node, t)
+        chosen[info.node.name] = t
+    return chosen
+
+
+# ---- tuning on a device ---------------------------------------------------------------------------
+def _time_calls(call, sync, min_calls: int = 20, min_s: float = 0.02, warmup: int = 3) -> float:
+    """ms per call: back-to-back calls then one synchronisation, repeated; the median of 5 rounds."""
+    for _ in range(warmup):
+        call()
+    sync()
+    rounds = []
+    for _ in range(5):
+        n, t0 = 0, time.perf_counter()
+        while True:
+            for _ in range(min_calls):
+                call()
+            n += min_calls
+            sync()
+            dt = time.perf_counter() - t0
+            if dt >= min_s / 5:
+                break
+        rounds.append(dt * 1e3 / n)
+    return float(np.median(rounds))
+
+
+def _one_node_model(model: onnx.ModelProto, info: ConvNodeInfo, x_shape, out_shape) -> onnx.ModelProto:
+    n = info.node
+    inits = {t.name: t for t in model.graph.initializer}
+    elem = helper.np_dtype_to_tensor_dtype(info.dtype)
+    ins = [helper.make_tensor_value_info(n.input[0], elem, x_shape)]
+    if info.residual:
+        ins.append(helper.make_tensor_value_info(n.input[3], elem, out_shape))
+    used = [inits[i] for i in n.input if i in inits]
+    graph = helper.make_graph([n], "tune", ins, [helper.make_tensor_value_info(n.output[0], elem, out_shape)], used)
+    m = helper.make_model(graph, opset_imports=list(model.opset_import), functions=list(model.functions))
+    m.ir_version = min(max(model.ir_version, 8), 10)
+    return m
+
+
+class _Library:
+    """Times the ``library`` tactic: onnxruntime CUDA EP (IOBinding), else cuDNN through PyTorch."""
+
+    def __init__(self, backend, stream: int, allow_tf32: bool) -> None:
+        self.backend, self.stream, self.allow_tf32 = backend, stream, allow_tf32
+        self.how = ""
+        try:
+            import onnxruntime as ort
+
+            if "CUDAExecutionProvider" in ort.get_available_providers() and backend.name == "cuda":
+                self.ort, self.how = ort, "onnxruntime CUDA EP"
+        except ImportError:
+            pass
+        if not self.how:
+            try:
+                import torch
+
+                if torch.cuda.is_available():
+                    self.torch, self.how = torch, "cuDNN via PyTorch (onnxruntime has no GPU provider here)"
+            except ImportError:
+                pass
+
+    def time(self, model, info: ConvNodeInfo, g, xp: int, rp: int, yp: int, sync) -> float | None:
+        if self.how.startswith("onnxruntime"):
+            ort = self.ort
+            m = _one_node_model(model, info, list(info.x_shape), list(g.output_shape))
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 3
+            popts = {"device_id": "0", "use_tf32": "1" if self.allow_tf32 else "0"}
+            sess = ort.InferenceSession(m.SerializeToString(), opts, providers=[("CUDAExecutionProvider", popts)])
+            io = sess.io_binding()
+            io.bind_input(info.node.input[0], "cuda", 0, info.dtype, list(info.x_shape), xp)
+            if info.residual:
+                io.bind_input(info.node.input[3], "cuda", 0, info.dtype, list(g.output_shape), rp)
+            io.bind_output(info.node.output[0], "cuda", 0, info.dtype, list(g.output_shape), yp)
+            return _time_calls(lambda: sess.run_with_iobinding(io), sync)
+        if self.how.startswith("cuDNN"):
+            torch = self.torch
+            import torch.nn.functional as F
+
+            torch.backends.cudnn.allow_tf32 = self.allow_tf32
+            dt = torch.float32 if info.dtype == np.float32 else torch.float16
+            x = torch.randn(info.x_shape, device="cuda", dtype=dt)
+            w = torch.randn(info.w_shape, device="cuda", dtype=dt)
+            b = torch.randn(info.w_shape[0], device="cuda", dtype=dt)
+            a = info.attrs
+            pads = a.get("pads")
+            nd = len(info.w_shape) - 2
+            if pads and list(pads[:nd]) != list(pads[nd:]):
+                return None   # asymmetric pads: torch would pad separately; not comparable
+            conv = F.conv2d if nd == 2 else F.conv1d
+            kw = {"stride": a.get("strides", 1) or 1, "padding": list(pads[:nd]) if pads else 0,
+                  "dilation": a.get("dilations", 1) or 1, "groups": int(a.get("group", 1))}
+            if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID", ""):
+                return None
+
+            def call():
+                y = conv(x, w, b, **kw)
+                return torch.nn.functional.relu(y)
+
+            return _time_calls(call, torch.cuda.synchronize)
+        return None
+
+
+def tune_tactics(model: onnx.ModelProto, allow_tf32: bool = False, device: str = "auto", batch: int = 1,
+                 log=None) -> list[ConvNodeInfo]:
+    """Time every candidate tactic of every fused conv node on the GPU; set the winners (in place).
+
+    Nodes whose input shape is not static (batch excepted: ``batch``) keep their heuristic tactic.
+    Raises InputError (exit 2) when no GPU is usable."""
+    from .kernels import conv
+    from .kernels.backend import select_backend
+
+    try:
+        backend = select_backend(device)
+    except Exception as e:  # BackendUnavailable for an explicit device
+        raise InputError(f"--tune needs a GPU: {e}") from None
+    if not backend.is_device:
+        raise InputError("--tune needs a GPU (cuda or hip backend); none is usable here")
+    sync = backend.synchronize
+    lib = _Library(backend, 0, allow_tf32)
+    infos = conv_nodes(model, batch)
+    rng = np.random.default_rng(0)
+    for info in infos:
+        info.tactic = heuristic_tactic(info, allow_tf32, backend.name)
+        if info.x_shape is None:
+            info.note = "input shape not static: heuristic"
+            _set_tactic(info.node, info.tactic)
+            continue
+        try:
+            g = conv.geometry(info.x_shape, info.w_shape, **{k: info.attrs[k] for k in _CONV_ATTRS if k in info.attrs})
+        except conv.Unsupported as e:
+            info.tactic, info.note = conv.LIBRARY, str(e)
+            _set_tactic(info.node, info.tactic)
+            continue
+        inits = {t.name: t for t in model.graph.initializer}
+        w = numpy_helper.to_array(inits[info.node.input[1]])
+        b = numpy_helper.to_array(inits[info.node.input[2]]) if len(info.node.input) > 2 and \
+            info.node.input[2] in inits else None
+        a = info.attrs
+        xh = rng.standard_normal(info.x_shape).astype(info.dtype)
+        xb = backend.upload(xh)
+        yb = backend.upload(np.zeros(g.output_shape, info.dtype))
+        rb = backend.upload(rng.standard_normal(g.output_shape).astype(info.dtype)) if info.residual else None
+        for cand in conv.candidate_tactics(g, info.dtype, allow_tf32, backend.name):
+            try:
+                if cand == conv.LIBRARY:
+                    ms = lib.time(model, info, g, xb.ptr, rb.ptr if rb else 0, yb.ptr, sync)
+                    if ms is None:
+                        continue
+                else:
+                    r = conv.Runner(backend, info.x_shape, info.dtype, w, b, residual=info.residual,
+                                    activation=a.get("activation", ""), alpha=a.get("alpha", 0.01),
+                                    beta=a.get("beta", 0.0), clip_min=a.get("clip_min", float("-inf")),
+                                    clip_max=a.get("clip_max", float("inf")), tactic=cand, allow_tf32=allow_tf32,
+                                    **{k: a[k] for k in _CONV_ATTRS if k in a})
+                    if r.tactic != cand:
+                        continue
+                    ins = [xb.ptr] + ([rb.ptr] if rb else [])
+                    ms = _time_calls(lambda r=r, ins=ins, yp=yb.ptr: r(ins, yp), sync)
+            except Exception as e:  # a candidate that cannot run is simply not a candidate
+                info.note += f"{cand}: {type(e).__name__}; "
+                continue
+            info.timings_ms[cand] = round(ms, 5)
+        if info.timings_ms:
+            info.tactic = min(info.timings_ms, key=info.timings_ms.get)
+        _set_tactic(info.node, info.tactic)
+        if log is not None:
+            log(f"tune {info.node.name}: {info.tactic} "
+                + ", ".join(f"{k} {v:.4f}" for k, v in sorted(info.timings_ms.items(), key=lambda kv: kv[1])))
+    if lib.how:
+        for info in infos:
+            info.note = (info.note + f" library timed as {lib.how}").strip()
+    return infos

@@ -1,0 +1,174 @@
+"""Conv tactics end to end on the CPU: every fused conv node of a fused model names its tactic (heuristic),
+--allow-tf32 widens the verification tolerance and says so, --tune refuses without a GPU, the device
+runtime's conv routing (library / 3-D stay in onnxruntime; a residual is a runtime input), and the
+device runtime's kernel step with a runner whose output shape differs from its input (through the CPU
+emulator standing in for the GPU and fake OrtValues standing in for onnxruntime's)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from fuser.api import TF32_RTOL, optimize
+from fuser.errors import InputError
+from fuser.fused import parse_op_type
+from fuser.kernels import conv
+from onnx import TensorProto, helper, numpy_helper
+
+from .kernels import emu
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+KNOWN = {"library", "igemm", "mma_tf32", "mma_f16", "depthwise", "winograd"}
+
+
+def _tactics(model: onnx.ModelProto) -> dict[str, str]:
+    out = {}
+    for n in model.graph.node:
+        ft = parse_op_type(n.op_type) if n.domain == "fuser" else None
+        if ft is not None and ft.base == "Conv":
+            out[n.name] = next(helper.get_attribute_value(a).decode() for a in n.attribute if a.name == "tactic")
+    return out
+
+
+def conv_model(x_shape, w_shape, attrs, residual=True, act="LeakyRelu", seed=0, opset=17) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    b = rng.standard_normal(w_shape[0]).astype(np.float32)
+    y_shape = conv.conv_reference(np.zeros(x_shape), w.astype(np.float64), **attrs).shape
+    nodes = [helper.make_node("Conv", ["X", "W", "B"], ["c"], **attrs)]
+    ins = [helper.make_tensor_value_info("X", TensorProto.FLOAT, x_shape)]
+    last = "c"
+    if residual:
+        nodes.append(helper.make_node("Add", ["c", "R"], ["s"]))
+        ins.append(helper.make_tensor_value_info("R", TensorProto.FLOAT, y_shape))
+        last = "s"
+    nodes.append(helper.make_node(act, [last], ["Y"], **({"alpha": 0.1} if act == "LeakyRelu" else {})))
+    g = helper.make_graph(nodes, "g", ins, [helper.make_tensor_value_info("Y", TensorProto.FLOAT, y_shape)],
+                          [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    return m
+
+
+def test_every_fused_conv_names_its_tactic() -> None:
+    res = optimize(EXAMPLES / "darknet_tiny.onnx", None, device="cpu")
+    tactics = _tactics(res.model)
+    assert tactics and all(conv.parse_tactic(t)[0] in KNOWN for t in tactics.values()), tactics
+    assert not any(t.startswith("mma_tf32") for t in tactics.values())
+    recs = {f["fused_node"]: f for f in res.report["fusions"] if f["op_type"].startswith("FusedConv")}
+    assert {k: recs[k]["tactic"] for k in tactics} == tactics
+    assert res.verification.passed
+
+
+def test_allow_tf32_picks_tf32_and_widens_tolerance() -> None:
+    m = conv_model((1, 32, 16, 16), (64, 32, 3, 3), {"pads": [1, 1, 1, 1]}, residual=False)
+    res = optimize(m, None, device="cpu", allow_tf32=True)
+    assert set(_tactics(res.model).values()) == {"mma_tf32"}
+    assert res.report["options"]["allow_tf32"] is True
+    assert all(c.rtol == TF32_RTOL for c in res.verification.checks)
+    plain = optimize(m, None, device="cpu")
+    assert set(_tactics(plain.model).values()) == {"winograd"}
+    assert all(c.rtol == 1e-5 for c in plain.verification.checks)
+
+
+def test_3d_and_unknown_shapes_get_library_or_heuristic() -> None:
+    m = conv_model((1, 2, 4, 4, 4), (3, 2, 1, 1, 1), {}, residual=False, act="Relu")
+    res = optimize(m, None, device="cpu")
+    assert set(_tactics(res.model).values()) == {"library"}
+
+
+def test_tune_needs_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fuser.kernels import backend
+
+    monkeypatch.setattr(backend, "select_backend", lambda device="auto": backend._make("cpu"))
+    m = conv_model((1, 8, 8, 8), (8, 8, 3, 3), {"pads": [1, 1, 1, 1]})
+    with pytest.raises(InputError, match="--tune needs a GPU"):
+        optimize(m, None, device="cpu", tune=True)
+    with pytest.raises(InputError, match="--target hip"):
+        optimize(m, None, target="onnx", tune=True)
+
+
+def test_cli_tactic_options(tmp_path: Path) -> None:
+    out = tmp_path / "o.onnx"
+    p = subprocess.run([sys.executable, "-m", "fuser.cli.main", str(EXAMPLES / "darknet_tiny.onnx"), "-o", str(out),
+                        "--allow-tf32", "--device", "cpu", "-q", "--report", str(tmp_path / "r.json")],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert all(t in KNOWN or conv.parse_tactic(t) for t in _tactics(onnx.load(out)).values())
+    help_text = subprocess.run([sys.executable, "-m", "fuser.cli.main", "fuse", "--help"], capture_output=True,
+                               text=True).stdout
+    assert "--tune" in help_text and "--allow-tf32" in help_text
+
+
+def test_runs_on_device_routing() -> None:
+    from fuser.device_runtime import runs_on_device
+
+    res = optimize(conv_model((1, 4, 8, 8), (6, 4, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}), None,
+                   device="cpu", verify_result=False)
+    inits = {t.name: t for t in res.model.graph.initializer}
+    node = next(n for n in res.model.graph.node if n.domain == "fuser")
+    ft = parse_op_type(node.op_type)
+    assert ft.residual and runs_on_device(node, ft, inits)   # R is a runtime input, not a constant
+    for a in node.attribute:
+        if a.name == "tactic":
+            a.s = b"library"
+    assert not runs_on_device(node, ft, inits)
+    m3 = optimize(conv_model((1, 2, 4, 4, 4), (3, 2, 1, 1, 1), {}, residual=False, act="Relu"), None,
+                  device="cpu", verify_result=False).model
+    n3 = next(n for n in m3.graph.node if n.domain == "fuser")
+    assert not runs_on_device(n3, parse_op_type(n3.op_type), {t.name: t for t in m3.graph.initializer})
+
+
+class _FakeValue:
+    """Stands in for an onnxruntime OrtValue on the device (host memory under the emulator)."""
+
+    def __init__(self, arr: np.ndarray) -> None:
+        self.arr = np.ascontiguousarray(arr)
+
+    def shape(self) -> list[int]:
+        return list(self.arr.shape)
+
+    def data_type(self) -> str:
+        return {np.float32: "tensor(float)", np.float16: "tensor(float16)"}[self.arr.dtype.type]
+
+    def data_ptr(self) -> int:
+        return self.arr.ctypes.data
+
+    def numpy(self) -> np.ndarray:
+        return self.arr
+
+
+class _FakeOrt:
+    class OrtValue:
+        @staticmethod
+        def ortvalue_from_shape_and_type(shape, dtype, device, index):
+            return _FakeValue(np.full(shape, np.nan, dtype=dtype))
+
+
+@pytest.mark.skipif(emu.compiler() is None, reason="no C++ compiler for the emulator")
+@pytest.mark.parametrize("attrs", [{"pads": [1, 1, 1, 1], "strides": [2, 2]}, {"pads": [0, 1, 2, 1]}])
+def test_device_kernel_step_with_output_shape(attrs) -> None:
+    from fuser.device_runtime import DeviceExecutor
+    from fuser.runtime import KernelStep, Session
+
+    m = conv_model((2, 4, 9, 8), (6, 4, 3, 3), attrs, seed=4)
+    fused = optimize(m, None, device="cpu", verify_result=False).model
+    sess = Session(fused, device="cpu")
+    (step,) = [s for s in sess.steps if isinstance(s, KernelStep)]
+    ex = object.__new__(DeviceExecutor)
+    ex.session, ex.backend, ex.ort, ex.stream, ex.ort_device = sess, emu.EmuBackend(), _FakeOrt, 0, "cuda"
+    ex._runners, ex._buffers, ex._consts = {}, {}, {}
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 4, 9, 8)).astype(np.float32)
+    y_shape = conv.geometry(x.shape, (6, 4, 3, 3), **attrs).output_shape
+    r = rng.standard_normal(y_shape).astype(np.float32)
+    values = {"X": _FakeValue(x), "R": _FakeValue(r)}
+    ex._run_kernel(step, values)
+    got = values[step.node.output[0]].numpy()
+    assert got.shape == y_shape
+    want = sess.run(None, {"X": x, "R": r})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
