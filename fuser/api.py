@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 import onnx
 
 from .errors import InputError, VerificationError
+from .external import remove_quietly
 from .fused import FusionRecord
 from .io import approx_size, load_model, save_model_atomic, sha256_file
 from .pipeline import default_opset, run_pipeline
@@ -145,69 +147,79 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
 
     t1 = time.perf_counter()
     feeds = make_inputs(proto, seed, inputs, shapes) if verify_result else None
-    res = run_pipeline(proto, target=target, skip=tuple(skip))
-    timings["passes"] = time.perf_counter() - t1
-    tactics: dict[str, str] = {}
-    if tune and target != "hip":
-        raise InputError("--tune picks kernels for fused nodes: it needs --target hip")
-    if target == "hip":
-        from .tune import assign_tactics, tune_tactics
+    # a > 2 GiB result keeps its weights in a data file; put it beside the output so saving is a rename
+    workdir = Path(output).parent if output is not None and Path(output).parent.is_dir() else None
+    res = run_pipeline(proto, target=target, skip=tuple(skip), workdir=workdir,
+                       base_dir=in_path.parent if in_path is not None else None)
+    try:
+        timings["passes"] = time.perf_counter() - t1
+        tactics: dict[str, str] = {}
+        if tune and target != "hip":
+            raise InputError("--tune picks kernels for fused nodes: it needs --target hip")
+        if target == "hip":
+            from .tune import assign_tactics, tune_tactics
 
-        t_tune = time.perf_counter()
-        tactics = assign_tactics(res.model, allow_tf32)
-        if tune:
-            tactics = {i.node.name: i.tactic for i in tune_tactics(res.model, allow_tf32, device)}
-            timings["tune"] = time.perf_counter() - t_tune
-        for rec in res.fusions:
-            if rec.fused_node in tactics:
-                rec.tactic = tactics[rec.fused_node]
-    if rtol is None and any(t.startswith("mma_tf32") for t in tactics.values()):
-        rtol = TF32_RTOL
+            t_tune = time.perf_counter()
+            tactics = assign_tactics(res.model, allow_tf32)
+            if tune:
+                tactics = {i.node.name: i.tactic for i in tune_tactics(res.model, allow_tf32, device)}
+                timings["tune"] = time.perf_counter() - t_tune
+            for rec in res.fusions:
+                if rec.fused_node in tactics:
+                    rec.tactic = tactics[rec.fused_node]
+        if rtol is None and any(t.startswith("mma_tf32") for t in tactics.values()):
+            rtol = TF32_RTOL
 
-    result = OptimizeResult(
-        model=res.model, fusions=res.fusions, verification=None, ops_before=op_counts(proto),
-        ops_after=op_counts(res.model), pass_counts=res.pass_counts, timings=timings,
-        input_path=str(in_path) if in_path else "<memory>",
-        input_sha256=sha256_file(in_path) if in_path else "",
-        input_bytes=in_path.stat().st_size if in_path else approx_size(proto),
-        output_path=str(output) if output is not None else None,
-    )
-    failure: VerificationError | None = None
-    if verify_result:
-        t2 = time.perf_counter()
-        try:
-            result.verification = verify(proto, res.model, feeds, rtol=rtol, atol=atol, device=device)
-        except InputError:
-            raise
-        except Exception as e:  # onnxruntime refused to run one of the models
-            msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-            raise InputError(f"{where}: cannot run the model for verification ({msg})") from None
-        timings["verify"] = time.perf_counter() - t2
-        bad = result.verification.first_failure()
-        if bad is not None:
-            failure = VerificationError(
-                f"verification failed for output {bad.name!r} ({bad.path}): rel-L2 {bad.rel_l2:.3e} "
-                f"(tolerance {bad.rtol:.1e}), max-abs {bad.max_abs:.3e}, cosine {bad.cosine:.6f}, "
-                f"SNR {bad.snr_db:.1f} dB{'; ' + bad.reason if bad.reason else ''}", result)
-    if output is not None and (failure is None or keep_on_fail):
-        t3 = time.perf_counter()
-        save_model_atomic(res.model, output)
-        result.written = True
-        result.output_sha256 = sha256_file(output)
-        result.output_bytes = Path(output).stat().st_size
-        timings["write"] = time.perf_counter() - t3
-    else:
-        result.output_bytes = approx_size(res.model)
-    timings["total"] = time.perf_counter() - t0
-    result.report = build_report(result, {
-        "target": target, "skip": list(skip), "verify": verify_result, "rtol": rtol, "atol": atol,
-        "shapes": shapes or {}, "inputs": sorted(inputs or {}), "keep_on_fail": keep_on_fail,
-        "device": device, "seed": seed, "tune": tune, "allow_tf32": allow_tf32})
-    if report is not None:
-        write_json(result.report, str(report))
-    if failure is not None:
-        raise failure
-    return result
+        result = OptimizeResult(
+            model=res.model, fusions=res.fusions, verification=None, ops_before=op_counts(proto),
+            ops_after=op_counts(res.model), pass_counts=res.pass_counts, timings=timings,
+            input_path=str(in_path) if in_path else "<memory>",
+            input_sha256=sha256_file(in_path) if in_path else "",
+            input_bytes=in_path.stat().st_size if in_path else approx_size(proto),
+            output_path=str(output) if output is not None else None,
+        )
+        failure: VerificationError | None = None
+        if verify_result:
+            t2 = time.perf_counter()
+            try:
+                result.verification = verify(proto, res.model, feeds, rtol=rtol, atol=atol, device=device,
+                                             original_path=in_path, fused_data_path=res.data_path)
+            except InputError:
+                raise
+            except Exception as e:  # onnxruntime refused to run one of the models
+                msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+                raise InputError(f"{where}: cannot run the model for verification ({msg})") from None
+            timings["verify"] = time.perf_counter() - t2
+            bad = result.verification.first_failure()
+            if bad is not None:
+                failure = VerificationError(
+                    f"verification failed for output {bad.name!r} ({bad.path}): rel-L2 {bad.rel_l2:.3e} "
+                    f"(tolerance {bad.rtol:.1e}), max-abs {bad.max_abs:.3e}, cosine {bad.cosine:.6f}, "
+                    f"SNR {bad.snr_db:.1f} dB{'; ' + bad.reason if bad.reason else ''}", result)
+        if output is not None and (failure is None or keep_on_fail):
+            t3 = time.perf_counter()
+            save_model_atomic(res.model, output, res.data_path, move_data=True)
+            result.written = True
+            result.output_sha256 = sha256_file(output)
+            result.output_bytes = Path(output).stat().st_size
+            timings["write"] = time.perf_counter() - t3
+        else:
+            result.output_bytes = approx_size(res.model)
+        timings["total"] = time.perf_counter() - t0
+        result.report = build_report(result, {
+            "target": target, "skip": list(skip), "verify": verify_result, "rtol": rtol, "atol": atol,
+            "shapes": shapes or {}, "inputs": sorted(inputs or {}), "keep_on_fail": keep_on_fail,
+            "device": device, "seed": seed, "tune": tune, "allow_tf32": allow_tf32})
+        if report is not None:
+            write_json(result.report, str(report))
+        if failure is not None:
+            raise failure
+        return result
+    finally:  # the external data of a > 2 GiB result was moved into place, or is discarded here
+        if res.data_path is not None:
+            remove_quietly(res.data_path)
+            if workdir is None:
+                shutil.rmtree(res.data_path.parent, ignore_errors=True)
 
 
 def _same_file(a: Path, b: Path) -> bool:
