@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import onnx
@@ -56,6 +55,13 @@ def load_model(path: str | os.PathLike, lazy_external: bool | None = None) -> on
         raise InputError(f"{p}: not an ONNX model (no ir_version)")
     _load_external_data(model, p.parent.resolve(), p, lazy_external)
     return model
+
+
+def temp_name(folder: str | os.PathLike, prefix: str, suffix: str) -> str:
+    """A fresh, unused file name in ``folder`` (not created: create it with mode "x")."""
+    import secrets
+
+    return os.path.join(folder, f"{prefix}{secrets.token_hex(6)}{suffix}")
 
 
 def external_array(t: onnx.TensorProto, base_dir: str | os.PathLike):
@@ -115,8 +121,9 @@ def save_model_atomic(model: onnx.ModelProto, out: str | os.PathLike, data_path:
     data_name = out.name + ".data"
     tmp = tmp_data = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent)
-        os.close(fd)
+        # name first, then create: an interruption at any point leaves a name the cleanup knows
+        tmp = temp_name(parent, f".{out.name}.", ".tmp")
+        open(tmp, "xb").close()
         if data_path is not None:
             # weights already in an external data file (a > 2 GiB pipeline result): bring it next to
             # the output under its final name, point the small proto at it, then rename both in place

@@ -25,6 +25,7 @@ from .context import PassContext, provenance_props
 from .errors import InputError
 from .external import LARGE_BYTES, export_external, graph_constant_bytes
 from .fused import DOMAIN, DOMAIN_VERSION, FusionRecord, parse_op_type
+from .io import temp_name
 from .normalize import import_graph, name_graph_nodes, normalize, unique_node_names
 
 MAX_ROUNDS = 8
@@ -90,9 +91,7 @@ def run_pipeline(model: onnx.ModelProto, target: str = "hip", skip: tuple[str, .
     data_path = None
     if graph_constant_bytes(graph) > LARGE_BYTES:
         folder = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="onnx-fuse-"))
-        fd, name = tempfile.mkstemp(prefix=".onnx-fuse-", suffix=".data", dir=folder)
-        os.close(fd)
-        data_path = Path(name)
+        data_path = Path(temp_name(folder, ".onnx-fuse-", ".data"))
     out = finalize(graph, ctx, original, data_path)
     if target == "onnx":
         out = inline_fused(out)
