@@ -17,8 +17,11 @@ rule picks it):
   divisions). Weights are packed once per node on the host as [G][Kpad][Mpad] (k-major, zero padded),
   so weight tiles move as unguarded float4 loads. Shared-memory tiles, double buffering (the next tile
   is loaded into registers while the current one is multiplied, one barrier per step), 4x4/4x8/8x8
-  register blocking read as float4 from shared memory, 4-pixel vector stores. fp32 arithmetic for fp32
-  and fp16 tensors.
+  register blocking read as float4 from shared memory, 4-pixel vector stores. When C_in per group is a
+  multiple of the k-tile, k runs channel-innermost (kh, kw, ci): a k-tile then lies in one kernel
+  position, one bounds test per tile, no k table. Split-K (a self-cleaning fp32 workspace; the last
+  split of a tile runs the epilogue) when the tiles alone leave SMs idle. fp32 arithmetic for fp32 and
+  fp16 tensors.
 - ``mma_tf32`` / ``mma_f16`` (conv_mma.py): the same GEMM on tensor cores (mma.sync TF32 m16n8k8 and
   FP16 m16n8k16, fp32 accumulation); on AMD a portable fallback of the same fragment contract.
 - ``depthwise`` (conv_depthwise.py): direct depthwise (group == C_in) convolution.
@@ -226,9 +229,8 @@ TILES: dict[str, tuple[tuple[int, int], ...]] = {
     "mma_f16": ((128, 128), (64, 64)),
 }
 # Relative per-SM throughput of a tile shape (bigger register blocks reuse more); for the launch rule.
-# From BENCHMARKS.md (H200): the FP16 128x128 tile (144 registers, one block per SM) lost to 64x64 everywhere.
 _TILE_EFF = {"igemm": {(128, 128): 1.0, (64, 128): 0.9, (64, 64): 0.7, (32, 64): 0.55, (32, 32): 0.4},
-             "mma_tf32": {(128, 128): 1.0, (64, 64): 0.8}, "mma_f16": {(128, 128): 0.5, (64, 64): 1.0}}
+             "mma_tf32": {(128, 128): 1.0, (64, 64): 0.8}, "mma_f16": {(128, 128): 1.0, (64, 64): 0.8}}
 
 
 def parse_tactic(tactic: str) -> tuple[str, tuple[int, int] | None]:
@@ -296,7 +298,7 @@ def tile_cost(algo: str, tile: tuple[int, int], g: ConvGeometry, num_sms: int = 
     ktiles = ceil_div(max(g.k, 1), _GEMM_BK[algo])
     splits = split_k(blocks, ktiles, num_sms)
     kt_per = ceil_div(ktiles, splits)
-    bps = max(1, 512 // _GEMM_THREADS[algo][tile])       # resident blocks per SM (register bound)
+    bps = max(1, 512 // _GEMM_THREADS[algo][tile])       # resident blocks per SM, roughly
     waves = ceil_div(blocks * ceil_div(ktiles, kt_per), num_sms * bps)
     t = waves * bps * bm * bn * kt_per / _TILE_EFF[algo][tile]
     if splits > 1:
@@ -450,21 +452,25 @@ struct fuser_conv_cols {
         return ((unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W) ? fuser_io<T>::ld(xb, pix + e.x) : 0.0f;
     }
     // Channel-innermost k order (k = (kh * KW + kw) * Cg + ci, host checked Cg % BK == 0): a k-tile lies
-    // inside one kernel position, so one bounds test per tile; row j is input channel ci0 + j.
+    // inside one kernel position, so one bounds test per tile; row j is input channel ci0 + j. The
+    // k-tiles are walked in order (walk_init once, walk_tile per tile): no divisions in the loop.
     const T* tp;
     bool tvalid;
-    FUSER_INLINE void tile_begin(int k0, int Cg, int KW, int dh, int dw, int H, int W, fuser_i64 HW) {
-        const int rs = k0 / Cg, ci0 = k0 - rs * Cg;
-        const int kh = rs / KW, kw = rs - kh * KW;
-        const int ih = ih0 + kh * dh, iw = iw0 + kw * dw;
+    int wci, wkh, wkw;
+    FUSER_INLINE void walk_init(int k0, int Cg, int KW) {
+        const int rs = k0 / Cg;
+        wci = k0 - rs * Cg; wkh = rs / KW; wkw = rs - wkh * KW;
+    }
+    // Set up the current tile (tp, tvalid) and step to the next one.
+    FUSER_INLINE void walk_tile(int bk, int Cg, int KW, int dh, int dw, int H, int W, fuser_i64 HW) {
+        const int ih = ih0 + wkh * dh, iw = iw0 + wkw * dw;
         tvalid = (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W;
-        tp = xb + (fuser_i64)ci0 * HW + (tvalid ? ih * W + iw : 0);
-    }
-    FUSER_INLINE float get_km(int row, fuser_i64 HW) const {
-        return tvalid ? fuser_io<T>::ld(tp, row * HW) : 0.0f;
-    }
-    FUSER_INLINE unsigned short get_km_bits(int row, fuser_i64 HW) const {
-        return tvalid ? reinterpret_cast<const unsigned short*>(tp)[row * HW] : (unsigned short)0;
+        tp = xb + (fuser_i64)wci * HW + (tvalid ? ih * W + iw : 0);
+        wci += bk;
+        if (wci == Cg) {
+            wci = 0;
+            if (++wkw == KW) { wkw = 0; ++wkh; }
+        }
     }
     // raw 16-bit element (fp16 tensor-core path)
     FUSER_INLINE unsigned short get_bits(const int4* __restrict__ ktab, int k, int H, int W) const {
@@ -547,11 +553,13 @@ FUSER_INLINE void fuser_conv_igemm(FUSER_CONV_GEMM_PARAMS(T, float)) {
                                                          + (idx % (BM / 4)) * 4);
         }
         if (kmaj) {
-            cols.tile_begin(k0, Cg, KW, dh, dw, H, W, HW);
+            cols.walk_tile(BK, Cg, KW, dh, dw, H, W, HW);
+            const T* p = cols.tp + cols.row0 * HW;
 #pragma unroll
             for (int i = 0; i < LB; ++i) {
                 const int row = cols.row0 + i * Cols::RSTEP;
-                if (BK % Cols::RSTEP == 0 || row < BK) rb[i] = cols.get_km(row, HW);
+                if (BK % Cols::RSTEP == 0 || row < BK) rb[i] = cols.tvalid ? fuser_io<T>::ld(p, 0) : 0.0f;
+                p += Cols::RSTEP * HW;
             }
         } else {
 #pragma unroll
@@ -581,6 +589,7 @@ FUSER_INLINE void fuser_conv_igemm(FUSER_CONV_GEMM_PARAMS(T, float)) {
 #pragma unroll
         for (int j = 0; j < TN; ++j) acc[i][j] = 0.0f;
 
+    if (kmaj) cols.walk_init(kt0 * BK, Cg, KW);
     load(kt0);
     store(0);
     __syncthreads();

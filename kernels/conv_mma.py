@@ -2,16 +2,17 @@
 
 - ``mma_tf32`` (fp32 tensors): ``mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32``. Operands are
   rounded to TF32 (10-bit mantissa, ``cvt.rna``) when they are written to shared memory; accumulation
-  is fp32. Relative error ~1e-3 of a K-long dot product: only with ``--allow-tf32``.
+  is fp32. Relative L2 error ~3e-4 (measured, as cuDNN's TF32): only with ``--allow-tf32``.
 - ``mma_f16`` (fp16 tensors): ``mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32``; fp16 weights
   (exactly what an fp16 model holds), fp32 accumulation: as accurate as the fp16 SIMT path.
 
 Block tile BM x BN (128x128 with 8 warps as 2x4, or 64x64 with 4 warps as 2x2), each warp a
-(BM/2) x (BN/WGN) tile of m16 x n8 fragments held in registers; BK = 16 (TF32) or 32 (FP16) per
-shared-memory stage, double buffered through registers like the SIMT kernel. Shared layouts are padded
-so that every fragment read is bank-conflict free: TF32 keeps A as [k][m] and B as [k][n] (one 32-bit
-element per fragment register); FP16 needs k-pairs in one register, so A is [m][k/2] (weights packed
-that way on the host) and the im2col tile is written transposed as [n][k/2].
+(BM/2) x (BN/WGN) tile of m16 x n8 fragments held in registers. A stage is 16 32-bit words of k (16 k
+for TF32, 16 k-pairs for FP16), double buffered through registers like the SIMT kernel; both tiles are
+k-contiguous in shared memory (weights packed [G][Mpad][Kpad] on the host; each thread of the im2col
+gather writes one pixel's contiguous k run as 16-byte vectors), rows padded to 20 words, and fragments
+load with ``ldmatrix.x4`` (one instruction per m16 A fragment or per pair of n8 B fragments) — all
+bank-conflict free. Split-K as in ``conv.py``.
 
 On AMD (and in the CPU emulator) the inline PTX is replaced by a portable implementation of the same
 fragment contract with 32-lane shuffles: the tactic compiles and computes the same function there,
@@ -29,7 +30,6 @@ from .conv import (
     KPAD,
     MPAD,
     _GemmTactic,
-    pack_weights_km,
     reference,  # noqa: F401  (every family exposes its reference)
     weights_gmk,
 )
@@ -121,6 +121,9 @@ FUSER_INLINE void fuser_mma_f16(float (&d)[4], const fuser_u32 (&a)[4], const fu
 #endif
 }
 
+template <int F16> struct fuser_mma_t { typedef float T; };
+template <> struct fuser_mma_t<1> { typedef fuser_half T; };
+
 // Epilogue of an m16n8 accumulator grid: warp tile rows wm0 + mi*16 + {g, g+8}, pixels wn0 + ni*8 + 2t.
 template <typename T, int MI, int NI>
 FUSER_INLINE void fuser_mma_epilogue(const float (&acc)[MI][NI][4], T* __restrict__ y, const T* __restrict__ r,
@@ -181,130 +184,59 @@ FUSER_INLINE bool fuser_mma_splitk(float (&acc)[MI][NI][4], float* __restrict__ 
     return true;
 }
 
-// TF32: fp32 tensors, weights packed [G][Kpad][Mpad] fp32.
-template <int BM, int BN, int WGM, int WGN>
-FUSER_INLINE void fuser_conv_mma_tf32(FUSER_CONV_GEMM_PARAMS(float, float)) {
-    constexpr int BK = 16, PAD = 8;
-    constexpr int THR = WGM * WGN * 32;
-    constexpr int WTM = BM / WGM, WTN = BN / WGN, MI = WTM / 16, NI = WTN / 8;
-    typedef fuser_conv_cols<float, BN, THR> Cols;
-    static_assert(THR % BN == 0 && BK % Cols::RSTEP == 0, "threads must tile the B tile");
-    constexpr int AV = BK * BM / 4, LA = (AV + THR - 1) / THR, LB = BK / Cols::RSTEP;
-    __shared__ __align__(16) fuser_u32 As[2][BK][BM + PAD];
-    __shared__ __align__(16) fuser_u32 Bs[2][BK][BN + PAD];
-
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int wm = warp / WGN, wn = warp % WGN, gq = lane >> 2, tq = lane & 3;
-    __shared__ int s_last;
-    const int g = blockIdx.z / splits, m0 = blockIdx.y * BM, nb = blockIdx.x * BN;
-    const int kt0 = (blockIdx.z - g * splits) * kt_per;
-    const int kt1 = kt0 + kt_per < ktiles ? kt0 + kt_per : ktiles;
-    const fuser_i64 HW = (fuser_i64)H * W;
-    const float* __restrict__ wg = wp + (fuser_i64)g * Kpad * Mpad + m0;
-    Cols cols;
-    cols.init(x + (fuser_i64)g * Cg * HW, tid, nb, npix, OHW, OW, W, img_in, sh, sw, ph, pw);
-
-    float4 ra[LA];
-    float rb[LB];
-    auto load = [&](int kt) {
-        const int k0 = kt * BK;
+// 8x8 b16 matrices from shared memory: lanes 8j..8j+7 give the row addresses of matrix j; lane l gets
+// row l/4, 32-bit word l%4 of each. ldmatrix on CUDA; elsewhere the same through shuffled addresses.
+FUSER_INLINE void fuser_ldsm_x4(fuser_u32 (&d)[4], const fuser_u32* p) {
+#if defined(FUSER_CUDA)
+    fuser_u32 a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3]) : "r"(a) : "memory");
+#else
+    const int lane = threadIdx.x & 31;
+    const fuser_u64 a = (fuser_u64)p;
+    const float lo = fuser_bits_f((fuser_u32)a), hi = fuser_bits_f((fuser_u32)(a >> 32));
 #pragma unroll
-        for (int i = 0; i < LA; ++i) {
-            const int idx = tid + i * THR;
-            if (AV % THR == 0 || idx < AV)
-                ra[i] = *reinterpret_cast<const float4*>(wg + (fuser_i64)(k0 + idx / (BM / 4)) * Mpad
-                                                         + (idx % (BM / 4)) * 4);
-        }
-        if (kmaj) {
-            cols.tile_begin(k0, Cg, KW, dh, dw, H, W, HW);
-#pragma unroll
-            for (int i = 0; i < LB; ++i) rb[i] = cols.get_km(cols.row0 + i * Cols::RSTEP, HW);
-        } else {
-#pragma unroll
-            for (int i = 0; i < LB; ++i) rb[i] = cols.get(ktab, k0 + cols.row0 + i * Cols::RSTEP, H, W);
-        }
-    };
-    auto store = [&](int buf) {
-#pragma unroll
-        for (int i = 0; i < LA; ++i) {
-            const int idx = tid + i * THR;
-            if (AV % THR == 0 || idx < AV) {
-                uint4 t;
-                t.x = fuser_tf32(ra[i].x); t.y = fuser_tf32(ra[i].y);
-                t.z = fuser_tf32(ra[i].z); t.w = fuser_tf32(ra[i].w);
-                *reinterpret_cast<uint4*>(&As[buf][idx / (BM / 4)][(idx % (BM / 4)) * 4]) = t;
-            }
-        }
-#pragma unroll
-        for (int i = 0; i < LB; ++i) Bs[buf][cols.row0 + i * Cols::RSTEP][cols.col] = fuser_tf32(rb[i]);
-    };
-
-    float acc[MI][NI][4];
-#pragma unroll
-    for (int i = 0; i < MI; ++i)
-#pragma unroll
-        for (int j = 0; j < NI; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
-
-    load(kt0);
-    store(0);
-    __syncthreads();
-    for (int kt = kt0; kt < kt1; ++kt) {
-        const int buf = (kt - kt0) & 1;
-        if (kt + 1 < kt1) load(kt + 1);
-#pragma unroll
-        for (int ks = 0; ks < BK / 8; ++ks) {
-            const int kk = ks * 8 + tq;
-            fuser_u32 a[MI][4], b[NI][2];
-#pragma unroll
-            for (int mi = 0; mi < MI; ++mi) {
-                const int rr = wm * WTM + mi * 16 + gq;
-                a[mi][0] = As[buf][kk][rr];     a[mi][1] = As[buf][kk][rr + 8];
-                a[mi][2] = As[buf][kk + 4][rr]; a[mi][3] = As[buf][kk + 4][rr + 8];
-            }
-#pragma unroll
-            for (int ni = 0; ni < NI; ++ni) {
-                const int c = wn * WTN + ni * 8 + gq;
-                b[ni][0] = Bs[buf][kk][c]; b[ni][1] = Bs[buf][kk + 4][c];
-            }
-#pragma unroll
-            for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-                for (int ni = 0; ni < NI; ++ni) fuser_mma_tf32(acc[mi][ni], a[mi], b[ni]);
-        }
-        if (kt + 1 < kt1) store(buf ^ 1);
-        __syncthreads();
+    for (int j = 0; j < 4; ++j) {
+        const int src = j * 8 + (lane >> 2);
+        const fuser_u64 q = (fuser_u64)__builtin_bit_cast(fuser_u32, fuser_mma_shfl(lo, src))
+                            | ((fuser_u64)__builtin_bit_cast(fuser_u32, fuser_mma_shfl(hi, src)) << 32);
+        d[j] = reinterpret_cast<const fuser_u32*>(q)[lane & 3];
     }
-    if (splits > 1 && !fuser_mma_splitk<BM, BN, MI, NI>(acc, ws, cnt, splits, wm * WTM, wn * WTN, &s_last)) return;
-    fuser_conv_epi epi;
-    epi.act = act; epi.res_mode = res_mode; epi.p0 = p0; epi.p1 = p1;
-    fuser_mma_epilogue<float, MI, NI>(acc, y, r, bias, g, m0 + wm * WTM, nb + wn * WTN, Mg, npix, OHW, img_out,
-                                      vec, epi);
+#endif
 }
 
-// FP16: fp16 tensors, weights packed [G][Mpad][Kpad] fp16 (k contiguous: pairs for the A fragments).
-template <int BM, int BN, int WGM, int WGN>
-FUSER_INLINE void fuser_conv_mma_f16(FUSER_CONV_GEMM_PARAMS(fuser_half, fuser_half)) {
-    constexpr int BK = 32, KP = BK / 2, SP = KP + 4;    // u32 pairs per row, padded stride
+// The tensor-core implicit GEMM. F16 = 0: TF32 m16n8k8 on fp32 tensors (one k per 32-bit word);
+// F16 = 1: FP16 m16n8k16 on fp16 tensors (a k pair per word). Either way a stage is 16 words of k:
+// A tile [BM][16 words] (weights packed [G][Mpad][Kpad], k contiguous), B tile [BN][16 words] (the im2col
+// gather, each thread writing one pixel's contiguous k run as 16-byte vectors), rows padded to 20 words
+// so ldmatrix and the vector stores are bank-conflict free. Fragments load with ldmatrix.x4: one
+// instruction per m16 A fragment or per pair of n8 B fragments.
+template <int F16, int BM, int BN, int WGM, int WGN>
+FUSER_INLINE void fuser_conv_mma(FUSER_CONV_GEMM_PARAMS(typename fuser_mma_t<F16>::T, typename fuser_mma_t<F16>::T)) {
+    typedef typename fuser_mma_t<F16>::T T;
+    constexpr int KW16 = 16, SK = KW16 + 4;          // words of k per stage, padded row
+    constexpr int BK = F16 ? 2 * KW16 : KW16;         // k per stage
     constexpr int THR = WGM * WGN * 32;
     constexpr int WTM = BM / WGM, WTN = BN / WGN, MI = WTM / 16, NI = WTN / 8;
-    typedef fuser_conv_cols<fuser_half, BN, THR> Cols;
-    static_assert(THR % BN == 0 && KP % Cols::RSTEP == 0, "threads must tile the B tile");
-    constexpr int AV = BM * (BK / 8), LA = (AV + THR - 1) / THR, LB = KP / Cols::RSTEP;
-    __shared__ __align__(16) fuser_u32 As[2][BM][SP];
-    __shared__ __align__(16) fuser_u32 Bs[2][BN][SP];
+    constexpr int KG = THR / BN, LB = KW16 / KG;      // k groups per column; contiguous words per thread
+    static_assert(THR % BN == 0 && KW16 % KG == 0 && LB % 4 == 0 && NI % 2 == 0, "tile shape");
+    constexpr int AV = BM * 4, LA = (AV + THR - 1) / THR;   // 4 vectors of 16 B per A row
+    typedef fuser_conv_cols<T, BN, THR> Cols;
+    __shared__ __align__(16) fuser_u32 As[2][BM][SK];
+    __shared__ __align__(16) fuser_u32 Bs[2][BN][SK];
+    __shared__ int s_last;
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int wm = warp / WGN, wn = warp % WGN, gq = lane >> 2, tq = lane & 3;
-    __shared__ int s_last;
+    const int wm = warp / WGN, wn = warp % WGN;
     const int g = blockIdx.z / splits, m0 = blockIdx.y * BM, nb = blockIdx.x * BN;
     const int kt0 = (blockIdx.z - g * splits) * kt_per;
     const int kt1 = kt0 + kt_per < ktiles ? kt0 + kt_per : ktiles;
     const fuser_i64 HW = (fuser_i64)H * W;
-    const fuser_half* __restrict__ wg = wp + ((fuser_i64)g * Mpad + m0) * Kpad;
+    const T* __restrict__ wg = wp + ((fuser_i64)g * Mpad + m0) * Kpad;
     Cols cols;
     cols.init(x + (fuser_i64)g * Cg * HW, tid, nb, npix, OHW, OW, W, img_in, sh, sw, ph, pw);
+    const int kw0 = cols.row0 * LB;                   // this thread's first word of k in a stage
 
     uint4 ra[LA];
     fuser_u32 rb[LB];
@@ -314,22 +246,33 @@ FUSER_INLINE void fuser_conv_mma_f16(FUSER_CONV_GEMM_PARAMS(fuser_half, fuser_ha
         for (int i = 0; i < LA; ++i) {
             const int idx = tid + i * THR;
             if (AV % THR == 0 || idx < AV)
-                ra[i] = *reinterpret_cast<const uint4*>(wg + (fuser_i64)(idx / (BK / 8)) * Kpad + k0
-                                                        + (idx % (BK / 8)) * 8);
+                ra[i] = *reinterpret_cast<const uint4*>(wg + (fuser_i64)(idx >> 2) * Kpad + k0
+                                                        + (idx & 3) * (F16 ? 8 : 4));
         }
         if (kmaj) {
-            cols.tile_begin(k0, Cg, KW, dh, dw, H, W, HW);
+            cols.walk_tile(BK, Cg, KW, dh, dw, H, W, HW);
+            const T* p = cols.tp + (F16 ? 2 : 1) * kw0 * HW;
 #pragma unroll
             for (int i = 0; i < LB; ++i) {
-                const int row = 2 * (cols.row0 + i * Cols::RSTEP);
-                rb[i] = (fuser_u32)cols.get_km_bits(row, HW) | ((fuser_u32)cols.get_km_bits(row + 1, HW) << 16);
+                if (F16) {
+                    const unsigned short* q = reinterpret_cast<const unsigned short*>(p);
+                    rb[i] = cols.tvalid ? (fuser_u32)q[0] | ((fuser_u32)q[HW] << 16) : 0u;
+                    p += 2 * HW;
+                } else {
+                    rb[i] = cols.tvalid ? fuser_tf32(fuser_io<T>::ld(p, 0)) : 0u;
+                    p += HW;
+                }
             }
         } else {
 #pragma unroll
             for (int i = 0; i < LB; ++i) {
-                const int k = k0 + 2 * (cols.row0 + i * Cols::RSTEP);
-                rb[i] = (fuser_u32)cols.get_bits(ktab, k, H, W)
-                        | ((fuser_u32)cols.get_bits(ktab, k + 1, H, W) << 16);
+                if (F16) {
+                    const int k = k0 + 2 * (kw0 + i);
+                    rb[i] = (fuser_u32)cols.get_bits(ktab, k, H, W)
+                            | ((fuser_u32)cols.get_bits(ktab, k + 1, H, W) << 16);
+                } else {
+                    rb[i] = fuser_tf32(cols.get(ktab, k0 + kw0 + i, H, W));
+                }
             }
         }
     };
@@ -337,11 +280,21 @@ FUSER_INLINE void fuser_conv_mma_f16(FUSER_CONV_GEMM_PARAMS(fuser_half, fuser_ha
 #pragma unroll
         for (int i = 0; i < LA; ++i) {
             const int idx = tid + i * THR;
-            if (AV % THR == 0 || idx < AV)
-                *reinterpret_cast<uint4*>(&As[buf][idx / (BK / 8)][(idx % (BK / 8)) * 4]) = ra[i];
+            if (AV % THR == 0 || idx < AV) {
+                uint4 t = ra[i];
+                if (!F16) {
+                    t.x = fuser_tf32(fuser_bits_f(t.x)); t.y = fuser_tf32(fuser_bits_f(t.y));
+                    t.z = fuser_tf32(fuser_bits_f(t.z)); t.w = fuser_tf32(fuser_bits_f(t.w));
+                }
+                *reinterpret_cast<uint4*>(&As[buf][idx >> 2][(idx & 3) * 4]) = t;
+            }
         }
 #pragma unroll
-        for (int i = 0; i < LB; ++i) Bs[buf][cols.col][cols.row0 + i * Cols::RSTEP] = rb[i];
+        for (int i = 0; i < LB; i += 4) {
+            uint4 t;
+            t.x = rb[i]; t.y = rb[i + 1]; t.z = rb[i + 2]; t.w = rb[i + 3];
+            *reinterpret_cast<uint4*>(&Bs[buf][cols.col][kw0 + i]) = t;
+        }
     };
 
     float acc[MI][NI][4];
@@ -352,6 +305,10 @@ FUSER_INLINE void fuser_conv_mma_f16(FUSER_CONV_GEMM_PARAMS(fuser_half, fuser_ha
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
 
+    // ldmatrix row/word of this lane: A matrices (rows +0/+8, words +0/+4), B (rows +0/+8 <- lane bit 4)
+    const int ar = (lane & 7) + ((lane >> 3) & 1) * 8, ac = (lane >> 4) * 4;
+    const int br = (lane & 7) + (lane >> 4) * 8, bc = ((lane >> 3) & 1) * 4;
+    if (kmaj) cols.walk_init(kt0 * BK, Cg, KW);
     load(kt0);
     store(0);
     __syncthreads();
@@ -359,24 +316,23 @@ FUSER_INLINE void fuser_conv_mma_f16(FUSER_CONV_GEMM_PARAMS(fuser_half, fuser_ha
         const int buf = (kt - kt0) & 1;
         if (kt + 1 < kt1) load(kt + 1);
 #pragma unroll
-        for (int ks = 0; ks < BK / 16; ++ks) {
-            const int kq = ks * 8 + tq;
+        for (int ks = 0; ks < KW16 / 8; ++ks) {
             fuser_u32 a[MI][4], b[NI][2];
 #pragma unroll
-            for (int mi = 0; mi < MI; ++mi) {
-                const int rr = wm * WTM + mi * 16 + gq;
-                a[mi][0] = As[buf][rr][kq];     a[mi][1] = As[buf][rr + 8][kq];
-                a[mi][2] = As[buf][rr][kq + 4]; a[mi][3] = As[buf][rr + 8][kq + 4];
-            }
+            for (int mi = 0; mi < MI; ++mi) fuser_ldsm_x4(a[mi], &As[buf][wm * WTM + mi * 16 + ar][ks * 8 + ac]);
 #pragma unroll
-            for (int ni = 0; ni < NI; ++ni) {
-                const int c = wn * WTN + ni * 8 + gq;
-                b[ni][0] = Bs[buf][c][kq]; b[ni][1] = Bs[buf][c][kq + 4];
+            for (int nj = 0; nj < NI / 2; ++nj) {
+                fuser_u32 q[4];
+                fuser_ldsm_x4(q, &Bs[buf][wn * WTN + nj * 16 + br][ks * 8 + bc]);
+                b[2 * nj][0] = q[0]; b[2 * nj][1] = q[1]; b[2 * nj + 1][0] = q[2]; b[2 * nj + 1][1] = q[3];
             }
 #pragma unroll
             for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
-                for (int ni = 0; ni < NI; ++ni) fuser_mma_f16(acc[mi][ni], a[mi], b[ni]);
+                for (int ni = 0; ni < NI; ++ni) {
+                    if (F16) fuser_mma_f16(acc[mi][ni], a[mi], b[ni]);
+                    else fuser_mma_tf32(acc[mi][ni], a[mi], b[ni]);
+                }
         }
         if (kt + 1 < kt1) store(buf ^ 1);
         __syncthreads();
@@ -384,13 +340,14 @@ FUSER_INLINE void fuser_conv_mma_f16(FUSER_CONV_GEMM_PARAMS(fuser_half, fuser_ha
     if (splits > 1 && !fuser_mma_splitk<BM, BN, MI, NI>(acc, ws, cnt, splits, wm * WTM, wn * WTN, &s_last)) return;
     fuser_conv_epi epi;
     epi.act = act; epi.res_mode = res_mode; epi.p0 = p0; epi.p1 = p1;
-    fuser_mma_epilogue<fuser_half, MI, NI>(acc, y, r, bias, g, m0 + wm * WTM, nb + wn * WTN, Mg, npix, OHW,
-                                           img_out, vec, epi);
+    fuser_mma_epilogue<T, MI, NI>(acc, y, r, bias, g, m0 + wm * WTM, nb + wn * WTN, Mg, npix, OHW, img_out, vec,
+                                  epi);
 }
 
-#define FUSER_MMA_ENTRY(NAME, KIND, T, BM, BN, WGM, WGN)                                                \
-    FUSER_GLOBAL void __launch_bounds__(WGM * WGN * 32) NAME(FUSER_CONV_GEMM_PARAMS(T, T)) {            \
-        fuser_conv_mma_##KIND<BM, BN, WGM, WGN>(FUSER_CONV_GEMM_ARGS);                                   \
+#define FUSER_MMA_ENTRY(NAME, F16, T, BM, BN, WGM, WGN)                                                 \
+    FUSER_GLOBAL void __launch_bounds__(WGM * WGN * 32, 512 / (WGM * WGN * 32))                       \
+    NAME(FUSER_CONV_GEMM_PARAMS(T, T)) {                                                               \
+        fuser_conv_mma<F16, BM, BN, WGM, WGN>(FUSER_CONV_GEMM_ARGS);                                     \
     }
 """
 
@@ -405,7 +362,7 @@ def mma_entry(algo: str, tile: tuple[int, int]) -> str:
 
 def _entry_line(algo: str, tile: tuple[int, int]) -> str:
     wgm, wgn = MMA_TILES[tile]
-    kind, ctype = ("tf32", "float") if algo == "mma_tf32" else ("f16", "fuser_half")
+    kind, ctype = ("0", "float") if algo == "mma_tf32" else ("1", "fuser_half")
     return f"FUSER_MMA_ENTRY({mma_entry(algo, tile)}, {kind}, {ctype}, {tile[0]}, {tile[1]}, {wgm}, {wgn})\n"
 
 
@@ -417,11 +374,11 @@ def entry_source(algo: str, tile: tuple[int, int]) -> str:
     return COMMON_SOURCE + _MMA_SOURCE + _entry_line(algo, tile)
 
 
-def pack_weights_mk_f16(w: np.ndarray, g, kmaj: bool = False) -> np.ndarray:
-    """fp16 [G][Mpad][Kpad] (k contiguous): the A operand of the FP16 tensor-core tactic."""
+def pack_weights_mk(w: np.ndarray, g, kmaj: bool = False, dtype=np.float16) -> np.ndarray:
+    """[G][Mpad][Kpad] (k contiguous), fp32 (TF32 tactic) or fp16: the A operand of the tensor-core tactics."""
     kpad, mpad = ceil_div(max(g.k, 1), KPAD) * KPAD, ceil_div(g.mg, MPAD) * MPAD
-    out = np.zeros((g.group, mpad, kpad), dtype=np.float16)
-    out[:, :g.mg, :g.k] = weights_gmk(w, g, kmaj).astype(np.float16)
+    out = np.zeros((g.group, mpad, kpad), dtype=dtype)
+    out[:, :g.mg, :g.k] = weights_gmk(w, g, kmaj).astype(dtype)
     return out
 
 
@@ -437,10 +394,7 @@ class MmaTactic(_GemmTactic):
         super().__init__(backend, g, np.dtype(dtype), w, bias, tile, epi, splits)
 
     def pack(self, w: np.ndarray):
-        if self.algo == "mma_tf32":
-            p = pack_weights_km(w, self.g, self.kmaj)
-            return self.backend.upload(p), p.shape[1], p.shape[2]
-        p = pack_weights_mk_f16(w, self.g, self.kmaj)
+        p = pack_weights_mk(w, self.g, self.kmaj, ALGO_DTYPE[self.algo])
         return self.backend.upload(p), p.shape[2], p.shape[1]
 
     def entry_name(self) -> str:
