@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
+
 from fuser.api import TF32_RTOL, optimize
 from fuser.errors import InputError
 from fuser.fused import parse_op_type
 from fuser.kernels import conv
-from onnx import TensorProto, helper, numpy_helper
 
 from .kernels import emu
 
