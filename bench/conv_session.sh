@@ -2,6 +2,7 @@
 # One device call for the conv kernels: install the project (no network), compile every conv tactic in
 # parallel into the disk cache, run the conv GPU tests, then the conv benchmark (table printed last).
 # Logs in $OUT. Usage (device tool, carry .whl): bash bench/conv_session.sh [--no-tests] [bench_conv.py args]
+# Options by environment: PROFILE="N C H W M K tactic..." (ncu), NOBENCH=1, TUNE_CNN="resnet50 darknet53 ..."
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -26,4 +27,10 @@ if [ -n "${PROFILE:-}" ]; then   # PROFILE="N C H W M K tactic ...": one ncu cap
         > "$OUT/ncu.txt" 2>&1
     grep -E "fuser_conv|Duration|Compute \(SM\) Throughput|Registers Per|Achieved Occupancy|Warp Cycles Per Issued|Issued Warp Per|Block Limit Reg|Block Limit Shared" "$OUT/ncu.txt" | head -60
 fi
-timeout 400 python3 "$REPO/bench/bench_conv.py" --out "$OUT" "$@" 2>&1 | tee "$OUT/bench_conv.log" | tail -40
+if [ -z "${NOBENCH:-}" ]; then
+    timeout 400 python3 "$REPO/bench/bench_conv.py" --out "$OUT" "$@" 2>&1 | tee "$OUT/bench_conv.log" | tail -40
+fi
+if [ -n "${TUNE_CNN:-}" ]; then   # TUNE_CNN="resnet50 darknet53 ...": --tune on real exports, fp32 then TF32
+    timeout 400 python3 "$REPO/bench/tune_cnn.py" --out "$OUT" $TUNE_CNN 2>&1 | tee "$OUT/tune_cnn.log" | tail -8
+    timeout 200 python3 "$REPO/bench/tune_cnn.py" --out "$OUT" --allow-tf32 resnet50 2>&1 | tee -a "$OUT/tune_cnn.log" | tail -5
+fi

@@ -120,13 +120,17 @@ def assign_tactics(model: onnx.ModelProto, allow_tf32: bool = False, backend_nam
 
 
 # ---- tuning on a device ---------------------------------------------------------------------------
-def _time_calls(call, sync, min_calls: int = 20, min_s: float = 0.02, warmup: int = 3) -> float:
-    """ms per call: back-to-back calls then one synchronisation, repeated; the median of 5 rounds."""
-    for _ in range(warmup):
+TIMING = {"min_calls": 20, "min_s": 0.02, "warmup": 3, "rounds": 5}   # tests shrink these
+
+
+def _time_calls(call, sync) -> float:
+    """ms per call: back-to-back calls then one synchronisation, repeated; the median of the rounds."""
+    min_calls, min_s = TIMING["min_calls"], TIMING["min_s"]
+    for _ in range(TIMING["warmup"]):
         call()
     sync()
     rounds = []
-    for _ in range(5):
+    for _ in range(TIMING["rounds"]):
         n, t0 = 0, time.perf_counter()
         while True:
             for _ in range(min_calls):
@@ -134,7 +138,7 @@ def _time_calls(call, sync, min_calls: int = 20, min_s: float = 0.02, warmup: in
             n += min_calls
             sync()
             dt = time.perf_counter() - t0
-            if dt >= min_s / 5:
+            if dt >= min_s / TIMING["rounds"]:
                 break
         rounds.append(dt * 1e3 / n)
     return float(np.median(rounds))

@@ -173,3 +173,23 @@ def test_device_kernel_step_with_output_shape(attrs) -> None:
     assert got.shape == y_shape
     want = sess.run(None, {"X": x, "R": r})[0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(emu.compiler() is None, reason="no C++ compiler for the emulator")
+def test_tune_times_candidates_and_sets_winners(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tuning loop itself, with the CPU emulator standing in for the GPU (timings meaningless)."""
+    from fuser import tune
+    from fuser.kernels import backend
+
+    be = emu.EmuBackend()
+    monkeypatch.setattr(backend, "select_backend", lambda device="auto": be)
+    monkeypatch.setattr(tune, "TIMING", {"min_calls": 1, "min_s": 0.0, "warmup": 1, "rounds": 1})
+    m = conv_model((1, 8, 6, 6), (8, 8, 3, 3), {"pads": [1, 1, 1, 1]})
+    fused = optimize(m, None, device="cpu", verify_result=False).model
+    infos = tune.tune_tactics(fused, allow_tf32=True, device="cuda")
+    (info,) = infos
+    assert info.residual and "library" not in info.timings_ms        # no GPU onnxruntime / torch here
+    assert set(info.timings_ms) == {"winograd", "igemm_32x32"}       # mma_* are offered on CUDA only
+    assert "Error" not in info.note
+    assert info.tactic == min(info.timings_ms, key=info.timings_ms.get)
+    assert _tactics(fused) == {info.node.name: info.tactic}
