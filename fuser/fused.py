@@ -289,3 +289,12 @@ class FusionRecord:
     def doc_line(self) -> str:
         return f"onnx-fuse {self.pattern}: fused {', '.join(self.source_nodes)} into {self.op_type}" + (
             f" (kernel {self.kernel})" if self.kernel else "")
+
+
+def node_attrs(node: onnx.NodeProto) -> dict:
+    """A node's attributes as plain Python values (strings decoded)."""
+    out = {}
+    for a in node.attribute:
+        v = helper.get_attribute_value(a)
+        out[a.name] = v.decode() if isinstance(v, bytes) else v
+    return out

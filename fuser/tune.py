@@ -27,7 +27,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import InputError
-from .fused import DOMAIN, parse_op_type
+from .fused import DOMAIN, node_attrs, parse_op_type
 
 _CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
 
@@ -43,14 +43,6 @@ class ConvNodeInfo:
     tactic: str = ""
     timings_ms: dict[str, float] = field(default_factory=dict)
     note: str = ""
-
-
-def _attr_dict(node: onnx.NodeProto) -> dict:
-    out = {}
-    for a in node.attribute:
-        v = helper.get_attribute_value(a)
-        out[a.name] = v.decode() if isinstance(v, bytes) else v
-    return out
 
 
 def _static_shape(vi: onnx.ValueInfoProto | None, batch: int = 1) -> list[int] | None:
@@ -82,7 +74,7 @@ def conv_nodes(model: onnx.ModelProto, batch: int = 1) -> list[ConvNodeInfo]:
         w = inits[n.input[1]]
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(w.data_type))
         out.append(ConvNodeInfo(n, _static_shape(vis.get(n.input[0]), batch), list(w.dims), dtype,
-                                _attr_dict(n), ft.residual))
+                                node_attrs(n), ft.residual))
     return out
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from fuser.fused import node_attrs
 from fuser.pipeline import PipelineResult, run_pipeline
 
 DOMAIN = "fuser"
@@ -159,12 +160,7 @@ def node(model: onnx.ModelProto, op_type: str) -> onnx.NodeProto:
     return found[0]
 
 
-def attrs(n: onnx.NodeProto) -> dict:
-    out = {}
-    for a in n.attribute:
-        v = helper.get_attribute_value(a)
-        out[a.name] = v.decode() if isinstance(v, bytes) else v
-    return out
+attrs = node_attrs
 
 
 def props(n: onnx.NodeProto) -> dict[str, str]:
