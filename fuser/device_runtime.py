@@ -69,14 +69,50 @@ def _conv_runner(backend, shape, dtype, attrs: dict, consts: list[np.ndarray | N
                        **{k: attrs[k] for k in _CONV_ATTRS if k in attrs})
 
 
+def _attention_runner(backend, shape, dtype, attrs: dict, consts: list[np.ndarray | None], shapes=None,
+                      ftype: FusedOpType | None = None) -> Callable:
+    """FusedAttention<Variant>: inputs Q, K, V, then per term bias | mask, fill | winbias [, scale]; Q, K, V and
+    the term tensors may be runtime values (their shapes come in ``shapes``), fills are constants."""
+    from .kernels import attention
+
+    v = ftype.attention_variant()
+    specs, term_consts, i = [], [], 3
+    for kind in v.terms:
+        t_shape = shapes[i] if shapes[i] is not None else consts[i].shape
+        t_dtype = str(consts[i].dtype) if consts[i] is not None else str(np.dtype(shapes.dtypes[i]))
+        fill = float(np.asarray(consts[i + 1]).reshape(-1)[0]) if kind == "mask" else float("-inf")
+        specs.append(attention.TermSpec(kind, t_dtype, tuple(t_shape), fill))
+        term_consts.append(consts[i])
+        i += 2 if kind == "mask" else 1
+    return attention.Runner(backend, shapes[0], shapes[1], shapes[2], dtype, float(attrs["scale"]),
+                            bool(v.causal), specs, v.nan_zero, attrs.get("tactic", "auto"), term_consts)
+
+
+class _Shapes(list):
+    """Every input's shape (None for constants and absent inputs), with their element types beside."""
+
+    def __init__(self, shapes, dtypes) -> None:
+        super().__init__(shapes)
+        self.dtypes = dtypes
+
+
 # fused base → runner builder. A runner's output shape is the input's unless it has ``output_shape``.
 RUNNER_BUILDERS: dict[str, Callable] = {"BatchNorm": _bn_runner, "LeakyRelu": _lrelu_runner,
-                                        "GroupNorm": _gn_runner, "Conv": _conv_runner}
+                                        "GroupNorm": _gn_runner, "Conv": _conv_runner,
+                                        "Attention": _attention_runner}
+# builders that take every input's shape (and the op type) because no single input decides the launch
+SHAPED_BUILDERS = ("Attention",)
 _KERNEL_DTYPES = (np.float32, np.float16)
 
 
 def _runtime_inputs(ftype: FusedOpType) -> set[int]:
     """Input positions (besides X) that are values computed at run time, not constants."""
+    if ftype.base == "Attention":  # K, V and the term tensors; a mask's fill and the scale are constants
+        v, pos, out = ftype.attention_variant(), 3, {1, 2}
+        for kind in v.terms:
+            out.add(pos)
+            pos += 2 if kind == "mask" else 1
+        return out
     return {3} if ftype.base == "Conv" and ftype.residual else set()
 
 
@@ -89,6 +125,8 @@ def runs_on_device(node: onnx.NodeProto, ftype: FusedOpType, initializers: dict)
         w = initializers.get(node.input[1]) if len(node.input) > 1 else None
         if tactic == "library" or w is None or len(w.dims) not in (3, 4):
             return False
+    if ftype.base == "Attention" and (ftype.attention_variant() is None or len(ftype.attention_variant().terms) > 2):
+        return False  # the kernels take up to two score terms
     # parameter inputs must be constants: runners upload them once
     runtime = _runtime_inputs(ftype)
     return all(name in initializers for i, name in enumerate(node.input) if i >= 1 and name and i not in runtime)
@@ -174,12 +212,19 @@ class DeviceExecutor:
         if dtype not in _KERNEL_DTYPES:
             raise TypeError(f"{step.node.name}: kernels take float32/float16, got {x.data_type()}")
         key = (step.node.name, shape, np.dtype(dtype).str)
+        extra = {}
+        if step.ftype.base in SHAPED_BUILDERS:  # the launch depends on every input's shape
+            ins = [values.get(n) if n else None for n in step.node.input]
+            extra["shapes"] = _Shapes([tuple(v.shape()) if v is not None else None for v in ins],
+                                      [_ORT_TYPES.get(v.data_type()) if v is not None else None for v in ins])
+            extra["ftype"] = step.ftype
+            key += tuple(extra["shapes"])
         runner = self._runners.get(key)
         inits = self.session.initializers
         if runner is None:
             consts = [None] + [self._const(n) if n in inits else None for n in step.node.input[1:]]
             runner = self._runners[key] = RUNNER_BUILDERS[step.ftype.base](
-                self.backend, shape, dtype, step.attrs, consts)
+                self.backend, shape, dtype, step.attrs, consts, **extra)
         out = self._buffers.get(key)
         if out is None:  # outputs are reused run to run: the caller gets copies (numpy) or syncs first
             out = self._buffers[key] = self.ort.OrtValue.ortvalue_from_shape_and_type(

@@ -1,0 +1,179 @@
+"""The attention kernels against their float64 numpy reference on an NVIDIA GPU (run on the GPU machine).
+
+Every tactic (flash_mma on tensor cores for fp16/bf16, flash_simt for every dtype, gemm_softmax), on
+random shapes (batch, heads, kv heads for GQA/MQA, query and key lengths off the 64-tiles, head dims 8..128
+and a different value width), with no term, an additive padding bias, a full additive bias, a boolean mask
+(-inf and finite fills), causal, Swin's windowed bias, fully masked rows with and without the NaN guard.
+Outputs are poisoned with NaN before each launch and checked fully written (NaN only where the reference
+has it). Fresh seeded inputs, never zeros; torch only allocates device memory here.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
+]
+
+from fuser.kernels import attention as A  # noqa: E402
+
+TOL = {"float32": 2e-5, "float16": 3e-3, "bfloat16": 2e-2}
+TORCH = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@pytest.fixture(scope="module")
+def be():
+    from fuser.kernels.backend import select_backend
+
+    return select_backend("cuda")
+
+
+def rnd(shape, seed: int, scale: float = 1.0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal(size=shape).astype(np.float32) * scale
+    x[x == 0] = 0.25
+    return x
+
+
+def to_dev(x: np.ndarray, dtype: str):
+    t = torch.from_numpy(np.ascontiguousarray(x))
+    return t.to(TORCH[dtype]).cuda() if x.dtype.kind == "f" else t.cuda()
+
+
+def rounded(x: np.ndarray, dtype: str) -> np.ndarray:
+    """The values the kernel sees after the cast to ``dtype`` (float64 for the reference)."""
+    return torch.from_numpy(x).to(TORCH[dtype]).to(torch.float64).numpy()
+
+
+def make_terms(kind: str, b: int, h: int, sq: int, skv: int, seed: int, dtype: str):
+    """(reference terms, kernel specs, device tensors)."""
+    rng = np.random.default_rng(seed)
+    if kind == "none":
+        return [], [], []
+    if kind == "pad_bias":  # HF's additive padding mask: finfo.min where padded
+        keep = np.ones((b, 1, 1, skv), bool)
+        keep[-1, ..., max(1, skv - 3):] = False
+        t = np.where(keep, 0.0, np.finfo(np.float32).min).astype(np.float32)
+    elif kind == "full_bias":  # relative-position-like bias per head and pair
+        t = rng.standard_normal((1, h, sq, skv)).astype(np.float32)
+    elif kind in ("bool_inf", "bool_finite", "dead_rows", "dead_rows_guard"):
+        keep = rng.random((b, 1, sq, skv)) > 0.3
+        keep[..., 0] = True
+        if kind.startswith("dead_rows"):
+            keep[0, 0, sq // 2, :] = False
+        fill = -1e4 if kind == "bool_finite" else float("-inf")
+        return ([("mask", keep, np.float32(fill))], [A.TermSpec("mask", "bool", keep.shape, fill)],
+                [to_dev(keep.astype(np.uint8), dtype)])
+    elif kind == "window":
+        nw = 2
+        t = np.where(rng.random((1, nw, 1, sq, skv)) > 0.3, 0.0, -100.0).astype(np.float32)
+        ref = rounded(t, dtype) if dtype != "float32" else t
+        return ([("winbias", ref)], [A.TermSpec("winbias", dtype, t.shape)], [to_dev(t, dtype)])
+    else:
+        raise KeyError(kind)
+    ref = rounded(t, dtype) if dtype != "float32" else t
+    return [("bias", ref)], [A.TermSpec("bias", dtype, t.shape)], [to_dev(t, dtype)]
+
+
+def check(be, dtype: str, tactic: str, b: int, h: int, hkv: int, sq: int, skv: int, d: int, dv: int,
+          term: str = "none", causal: bool = False, nan_zero: bool = False, seed: int = 0) -> None:
+    sd = zlib.crc32(repr((dtype, tactic, b, h, hkv, sq, skv, d, dv, term, causal, nan_zero, seed)).encode())
+    q, k, v = rnd((b, h, sq, d), sd), rnd((b, hkv, skv, d), sd + 1), rnd((b, hkv, skv, dv), sd + 2)
+    scale = 1.0 / np.sqrt(d) * 1.3
+    ref_terms, specs, dev_terms = make_terms(term, b, h, sq, skv, sd + 3, dtype)
+    if dtype != "float32":
+        q, k, v = (rounded(x, dtype) for x in (q, k, v))
+    want = A.reference(q.astype(np.float64), k, v, scale=scale, causal=causal, terms=ref_terms,
+                       nan_zero=nan_zero or term == "dead_rows_guard")
+    r = A.Runner(be, q.shape, k.shape, v.shape, dtype, scale, causal, specs, nan_zero or term == "dead_rows_guard",
+                 tactic)
+    assert r.tactic == ("flash_mma" if tactic.startswith("flash_mma") else
+                        "flash_simt" if tactic.startswith("flash_simt") else tactic)
+    qd, kd, vd = (to_dev(x, dtype) for x in (q, k, v))
+    out = torch.full((b * h * sq * dv + 64,), float("nan"), dtype=TORCH[dtype], device="cuda")
+    r([qd, kd, vd, *dev_terms], out.data_ptr())
+    torch.cuda.synchronize()
+    got_all = out.to(torch.float64).cpu().numpy()
+    assert np.isnan(got_all[b * h * sq * dv:]).all(), "kernel wrote past its output"
+    got = got_all[:b * h * sq * dv].reshape(b, h, sq, dv)
+    nan_want = np.isnan(want)
+    assert np.array_equal(np.isnan(got), nan_want), f"{int(np.isnan(got).sum())} NaN, want {int(nan_want.sum())}"
+    w, g = want[~nan_want], got[~nan_want]
+    err = float(np.linalg.norm(g - w) / max(np.linalg.norm(w), 1e-30))
+    assert err <= TOL[dtype], f"rel-L2 {err:.3e} > {TOL[dtype]:.0e}"
+
+
+SHAPES = [  # b, h, hkv, sq, skv, d, dv
+    (2, 4, 4, 64, 64, 64, 64), (1, 3, 3, 65, 130, 64, 64), (3, 4, 2, 7, 200, 32, 32), (2, 8, 1, 100, 33, 64, 48),
+    (1, 2, 2, 1, 77, 128, 128), (2, 2, 1, 129, 129, 80, 80), (1, 12, 4, 64, 256, 128, 64), (4, 1, 1, 128, 128, 8, 8),
+    (2, 4, 4, 31, 17, 16, 24),
+]
+TERMS = ["none", "pad_bias", "full_bias", "bool_inf", "bool_finite", "dead_rows", "dead_rows_guard", "window"]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=["x".join(map(str, s)) for s in SHAPES])
+@pytest.mark.parametrize("dtype,tactic", [("float32", "flash_simt"), ("float16", "flash_mma"),
+                                          ("bfloat16", "flash_mma"), ("float16", "flash_mma_n128"),
+                                          ("float16", "flash_mma_pp"), ("bfloat16", "flash_mma_pp"),
+                                          ("float16", "flash_simt"), ("float32", "flash_simt_r128"),
+                                          ("float32", "gemm_softmax")])
+def test_shapes(be, shape, dtype, tactic):
+    b, h, hkv, sq, skv, d, dv = shape
+    if tactic.startswith("flash_mma") and (d % 8 or dv % 8):
+        pytest.skip("tensor cores take multiples of 8")
+    if tactic in ("flash_simt_r128", "flash_mma_n128", "flash_mma_pp") and max(d, dv) > 64:
+        pytest.skip("this tiling takes head dims up to 64")
+    check(be, dtype, tactic, b, h, hkv, sq, skv, d, dv)
+
+
+@pytest.mark.parametrize("term", TERMS)
+@pytest.mark.parametrize("dtype,tactic", [("float32", "flash_simt"), ("float16", "flash_mma"),
+                                          ("bfloat16", "flash_mma"), ("float16", "flash_mma_n128"),
+                                          ("float16", "flash_mma_pp"), ("float32", "flash_simt_r128"),
+                                          ("float32", "gemm_softmax")])
+def test_terms(be, term, dtype, tactic):
+    check(be, dtype, tactic, 2, 4, 2, 70, 90, 64, 64, term=term)
+
+
+@pytest.mark.parametrize("dtype,tactic", [("float32", "flash_simt"), ("float16", "flash_mma"),
+                                          ("float16", "flash_mma_n128"), ("float16", "flash_mma_pp"),
+                                          ("bfloat16", "flash_simt"), ("float32", "flash_simt_r128"),
+                                          ("float32", "gemm_softmax")])
+@pytest.mark.parametrize("sq,skv", [(130, 130), (64, 200), (200, 64), (1, 1)])
+def test_causal(be, dtype, tactic, sq, skv):
+    check(be, dtype, tactic, 2, 4, 4, sq, skv, 64, 64, term="pad_bias", causal=True)
+
+
+def test_seed_shape_fp32(be):
+    check(be, "float32", "flash_simt", 256, 1, 1, 128, 128, 64, 64)
+    check(be, "float32", "gemm_softmax", 256, 1, 1, 128, 128, 64, 64)
+    check(be, "float32", "flash_simt_r128", 256, 1, 1, 128, 128, 64, 64)
+
+
+def test_misaligned_pointer_falls_back(be):
+    b, h, s, d = 1, 2, 40, 64
+    q, k, v = (rounded(rnd((b, h, s, d), i), "float16") for i in range(3))
+    want = A.reference(q, k, v)
+    r = A.Runner(be, q.shape, k.shape, v.shape, "float16")
+    assert r.tactic == "flash_mma"
+    bufs = [torch.zeros(x.size + 8, dtype=torch.float16, device="cuda") for x in (q, k, v)]
+    for buf, x in zip(bufs, (q, k, v), strict=True):
+        buf[1:1 + x.size] = torch.from_numpy(x.ravel()).cuda()
+    out = torch.full((b * h * s * d + 1,), float("nan"), dtype=torch.float16, device="cuda")
+    r([buf.data_ptr() + 2 for buf in bufs], out.data_ptr() + 2)
+    torch.cuda.synchronize()
+    got = out[1:].to(torch.float64).cpu().numpy().reshape(want.shape)
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 3e-3
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("d", [128, 80])
+def test_key_padding_bias_wide_heads(be, dtype, d):
+    """The kernels compiled for one key-padding bias at head dims past 64 (and with causal)."""
+    check(be, dtype, "flash_mma", 2, 4, 2, 70, 90, d, d, term="pad_bias")
+    check(be, dtype, "flash_mma", 2, 4, 4, 90, 90, d, d, term="pad_bias", causal=True)
