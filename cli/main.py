@@ -189,7 +189,6 @@ def run_cmd(model, inputs, shapes, device, output, seed) -> None:
 
 def _session(proto, device: str):
     from fuser.kernels.backend import BackendUnavailable
-
     from fuser.runtime import Session
 
     try:
@@ -213,10 +212,9 @@ def bench_cmd(original, fused, device, warmup, iters, inputs, shapes, allow_tf32
     import json
 
     try:
-        from fuser.kernels.backend import BackendUnavailable
-
         from fuser.bench import bench
         from fuser.io import load_model
+        from fuser.kernels.backend import BackendUnavailable
         from fuser.verify import make_inputs
 
         orig, fz = load_model(original), load_model(fused)

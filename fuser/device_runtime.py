@@ -179,7 +179,7 @@ class DeviceExecutor:
 
     def _const(self, name: str) -> np.ndarray:
         if name not in self._consts:
-            self._consts[name] = numpy_helper.to_array(self.session.initializers[name])
+            self._consts[name] = numpy_helper.to_array(self.session.initializers[name], self.session.base_dir or "")
         return self._consts[name]
 
     def synchronize(self) -> None:

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_graphsurgeon as gs
-from fuser.passes.fold_bn import bn_scale_shift
 
 from fuser.activation_match import match_activation_after
 from fuser.context import PassContext
 from fuser.fused import FusedOpType, clip_bounds_as_inputs
 from fuser.graph import channel_vector, const_value, single_use_intermediate
+from fuser.passes.fold_bn import bn_scale_shift
 
 NAME = "standalone_bn"
 
