@@ -73,7 +73,8 @@ def main() -> None:
         written = sum(q.stat().st_size for q in d.iterdir() if q.name.startswith(out.name))
     print(f"model {size / 2**30:.2f} GiB (external data); rc={p.returncode} {p.stderr.strip()[-600:]}")
     if ok:
-        print(f"ops after: {ops}; output {written / 2**30:.2f} GiB (external data: {(d / (out.name + '.data')).exists()})")
+        ext = (d / (out.name + ".data")).exists()
+        print(f"ops after: {ops}; output {written / 2**30:.2f} GiB (external data: {ext})")
     print(f"wall {wall:.1f} s, peak RSS {peak / 2**30:.2f} GiB = {peak / size:.2f}x the model size "
           f"({'verified' if not a.no_verify else 'no verification'})")
     if not a.keep:

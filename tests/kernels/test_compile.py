@@ -15,6 +15,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from fuser.kernels import cache, toolchain
 from fuser.kernels.build import build_all, list_families
 from fuser.kernels.prelude import compile_options, warp_size_for
