@@ -22,6 +22,7 @@ import tempfile
 import time
 import warnings
 
+import numpy as np
 import onnx
 
 import fuser
