@@ -35,17 +35,17 @@ def cuda_ready():
 
 
 CASES = [
-    (LIGHT / "light_densenet121.onnx", 62),   # 62 standalone BN+ReLU kernels between cuDNN islands
-    (LIGHT / "light_resnet50.onnx", 0),       # every fused node is a conv: library tactic inside islands
-    (LIGHT / "light_inception_v2.onnx", 0),
-    (LIGHT / "light_shufflenet.onnx", 0),
-    (EXAMPLES / "resnet_block.onnx", 1),
-    (EXAMPLES / "darknet_tiny.onnx", 0),
+    LIGHT / "light_densenet121.onnx",  # 59 fused convs + 62 standalone BN+ReLU kernels between islands
+    LIGHT / "light_resnet50.onnx",
+    LIGHT / "light_inception_v2.onnx",
+    LIGHT / "light_shufflenet.onnx",
+    EXAMPLES / "resnet_block.onnx",
+    EXAMPLES / "darknet_tiny.onnx",
 ]
 
 
-@pytest.mark.parametrize("path,kernel_steps", CASES, ids=[c[0].stem for c in CASES])
-def test_gpu_runtime_matches_original(cuda_ready, path: Path, kernel_steps: int) -> None:
+@pytest.mark.parametrize("path", CASES, ids=[c.stem for c in CASES])
+def test_gpu_runtime_matches_original(cuda_ready, path: Path) -> None:
     import fuser
     from fuser.runtime import Session
     from fuser.verify import check_output, make_inputs, ort_run
@@ -56,7 +56,9 @@ def test_gpu_runtime_matches_original(cuda_ready, path: Path, kernel_steps: int)
     feeds = make_inputs(original, rng_seed)
     ref = ort_run(original, feeds)
     sess = Session(fused, device="cuda")
-    assert sess.device == "cuda" and sess.kernel_steps == kernel_steps
+    # every fused node of these 2-D CNNs has a device kernel (tactic chosen by the heuristic)
+    fused_nodes = sum(1 for n in fused.graph.node if n.domain == "fuser")
+    assert sess.device == "cuda" and sess.kernel_steps == fused_nodes > 0
     outs = sess.run(None, feeds)
     for (name, r), o in zip(ref.items(), outs, strict=True):
         c = check_output(name, "runtime:cuda", r, o, 1e-5, None)
