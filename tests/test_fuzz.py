@@ -3,7 +3,9 @@ onnxruntime (and in our runtime) by ``fuser.optimize`` itself.
 
 Graphs are chains of blocks over an [N, C, H, W] tensor: Conv (kernel, stride, padding, dilation,
 groups, bias), ConvTranspose (groups), BatchNormalization (random statistics), per-channel Mul/Add,
-activations (every fusable one, SiLU as the diamond), residual Adds, a Gemm head with a BatchNorm1d,
+activations (every fusable one, SiLU as the diamond), residual Adds, GroupNorm as PyTorch exports it
+(+SiLU), scaled-dot-product attention (scale as Mul or Div, optional additive mask), a Gemm head with a
+BatchNorm1d,
 shared weights between Convs, and extra consumers that must block a fusion (a graph output in the
 middle of a chain, a second reader). CI runs ``FUZZ_EXAMPLES`` (default 500) derandomized examples;
 a larger run: ``FUZZ_EXAMPLES=5000 FUZZ_RANDOM=1 pytest tests/test_fuzz.py``.
@@ -43,6 +45,11 @@ class G:
         self.inits.append(numpy_helper.from_array(np.asarray(arr, np.float32), nm))
         return nm
 
+    def const_i64(self, values) -> str:
+        nm = self.name("shape")
+        self.inits.append(numpy_helper.from_array(np.asarray(values, np.int64), nm))
+        return nm
+
     def node(self, op: str, ins: list[str], **attrs) -> str:
         out = self.name(op.lower() + "_")
         self.nodes.append(helper.make_node(op, ins, [out], name=out, **attrs))
@@ -63,7 +70,8 @@ def graphs(draw):
     history = [(x, list(shape))]
     plan: list[str] = []
     for _ in range(draw(st.integers(1, 4))):
-        kind = draw(st.sampled_from(["cba", "cba", "cba", "conv", "convT", "bn", "affine", "act", "residual"]))
+        kind = draw(st.sampled_from(["cba", "cba", "cba", "conv", "convT", "bn", "affine", "act", "residual",
+                                     "groupnorm", "attention"]))
         if kind == "cba":  # the bread and butter of CNNs: Conv [+BN] [+residual] [+act]
             plan += ["conv"] + (["bn"] if draw(st.booleans()) else []) + (
                 ["residual"] if draw(st.integers(0, 3)) == 0 else []) + (["act"] if draw(st.integers(0, 4)) else [])
@@ -118,6 +126,27 @@ def graphs(draw):
                 x = g.node("LeakyRelu", [x], alpha=draw(st.sampled_from([0.01, 0.1, 0.2])))
             else:
                 x = g.node(act, [x])
+        elif kind == "groupnorm":  # PyTorch's export: Reshape → InstanceNormalization → Reshape → Mul → Add [→ act]
+            groups = draw(st.sampled_from(_divisors(cin)))
+            r = g.node("Reshape", [x, g.const_i64([0, groups, -1])])
+            inn = g.node("InstanceNormalization", [r, g.const(np.ones(groups)), g.const(np.zeros(groups))],
+                         epsilon=draw(st.sampled_from([1e-5, 1e-3])))
+            back = g.node("Reshape", [inn, g.const_i64(shape)])
+            x = g.node("Add", [g.node("Mul", [back, g.const(1 + 0.3 * g.rng.standard_normal((cin, 1, 1)))]),
+                               g.const(0.3 * g.rng.standard_normal((cin, 1, 1)))])
+            if draw(st.booleans()):
+                x = g.node("Mul", [x, g.node("Sigmoid", [x])])
+        elif kind == "attention":  # scaled-dot-product attention over [B=N, heads=C, S=H, D=W], shape-preserving
+            q = x
+            k = g.node("Mul", [x, g.const(1 + 0.3 * g.rng.standard_normal((cin, 1, 1)))])
+            v = g.node("Add", [x, g.const(0.3 * g.rng.standard_normal((cin, 1, 1)))])
+            scores = g.node("MatMul", [q, g.node("Transpose", [k], perm=[0, 1, 3, 2])])
+            scores = g.node(draw(st.sampled_from(["Mul", "Div"])), [scores, g.const(np.array(shape[3] ** -0.5))])
+            if draw(st.booleans()):  # an additive mask over the keys
+                mask = np.where(g.rng.random((1, 1, 1, shape[2])) < 0.3, -1e4, 0.0)
+                mask[..., 0] = 0.0  # keep one key visible
+                scores = g.node("Add", [scores, g.const(mask)])
+            x = g.node("MatMul", [g.node("Softmax", [scores], axis=-1), v])
         else:  # residual: add an earlier tensor of the same shape (or x itself)
             same = [t for t, s_ in history if s_ == shape]
             r = draw(st.sampled_from(same))
