@@ -193,12 +193,12 @@ def test_full_disk(tmp_path: Path) -> None:
 def test_sigint_while_writing(tmp_path: Path) -> None:
     """Interrupt the tool while it writes a ~300 MB model: exit 130, no partial or temporary file."""
     rng = np.random.default_rng(0)
-    big = numpy_helper.from_array(rng.standard_normal((3, 3, 3, 3)).astype(np.float32), "w")
-    pad = numpy_helper.from_array(rng.standard_normal(75_000_000).astype(np.float32), "pad")  # 300 MB
-    m = small([helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y0"]),
-               helper.make_node("ReduceSum", ["pad"], ["s"], keepdims=0),
-               helper.make_node("Add", ["y0", "s"], ["y"])], inits=[big, pad])
-    src = write(m, tmp_path / "big.onnx")
+    f_in, f_out = 8192, 9216  # a 302 MB weight that nothing can fold away (it multiplies the input)
+    w = numpy_helper.from_array(rng.standard_normal((f_in, f_out), dtype=np.float32), "w")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+                          "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, f_in])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, f_out])], [w])
+    src = write(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), tmp_path / "big.onnx")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "fuser.cli.main", str(src), "-o", str(out_dir / "f.onnx"),
