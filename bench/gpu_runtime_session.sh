@@ -3,15 +3,7 @@
 # carried), the carried wheels and the project; run the GPU tests; `onnx-fuse bench` on real models;
 # optionally the CNN export corpus (CPU work). Logs in $OUT; a short table prints last.
 # Usage: bash bench/gpu_runtime_session.sh [--corpus]
-set -uo pipefail
-export PYTHONUNBUFFERED=1
-REPO="$(cd "$(dirname "$0")/.." && pwd)"
-OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
-cd "$REPO"
-[ -d /tmp/ortsite/onnxruntime ] || bash .ortgpu/install.sh 2>&1 | tail -2
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/proj . 2>&1 | tail -2
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>&1 | tail -2
-export PYTHONPATH=/tmp/proj:/tmp/site:/tmp/ortsite ONNX_FUSE_CACHE_DIR=/tmp/onnx-fuse-cache
+source "$(dirname "$0")/device_env.sh"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 cd /tmp
 timeout 300 python3 -m pytest -q -p no:cacheprovider --import-mode=importlib --rootdir="$REPO" \
