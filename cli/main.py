@@ -164,7 +164,9 @@ def fuse_cmd(model, output, target, skip, list_passes, no_verify, rtol, atol, in
 @click.option("--device", type=click.Choice(["auto", "hip", "cuda", "cpu"]), default="auto", show_default=True)
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Save the outputs to an .npz file.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def run_cmd(model, inputs, shapes, device, output, seed) -> None:
+@click.option("--allow-tf32", is_flag=True, help="Let the onnxruntime islands use TF32 (default: fp32).")
+@click.option("--no-cuda-graph", is_flag=True, help="Run step by step instead of replaying one CUDA graph.")
+def run_cmd(model, inputs, shapes, device, output, seed, allow_tf32, no_cuda_graph) -> None:
     """Run a (fused) MODEL in the onnx-fuse runtime and summarise its outputs."""
     try:
         from fuser.io import load_model
@@ -172,7 +174,7 @@ def run_cmd(model, inputs, shapes, device, output, seed) -> None:
 
         proto = load_model(model)
         feeds = make_inputs(proto, seed, dict(_parse_input(s) for s in inputs), dict(_parse_shape(s) for s in shapes))
-        sess = _session(proto, device)
+        sess = _session(proto, device, allow_tf32, not no_cuda_graph)
         outs = sess.run(None, feeds)
     except Exception as e:  # noqa: BLE001
         _fail(e)
@@ -187,12 +189,12 @@ def run_cmd(model, inputs, shapes, device, output, seed) -> None:
         np.savez(output, **dict(zip(sess.output_names, outs, strict=True)))
 
 
-def _session(proto, device: str):
+def _session(proto, device: str, allow_tf32: bool = False, cuda_graph: bool = True):
     from fuser.kernels.backend import BackendUnavailable
     from fuser.runtime import Session
 
     try:
-        return Session(proto, device=device)
+        return Session(proto, device=device, allow_tf32=allow_tf32, cuda_graph=cuda_graph)
     except BackendUnavailable as e:
         raise InputError(str(e)) from None
 
@@ -205,9 +207,11 @@ def _session(proto, device: str):
 @click.option("--iters", type=int, default=50, show_default=True)
 @click.option("--input", "inputs", multiple=True, metavar="NAME=FILE.npy")
 @click.option("--shape", "shapes", multiple=True, metavar="NAME:d0,d1,...")
-@click.option("--allow-tf32", is_flag=True, help="Let the baseline's CUDA EP use TF32 (default: fp32).")
+@click.option("--allow-tf32", is_flag=True, help="Let the CUDA EP use TF32, for the baseline and for the fused "
+              "model's islands (default: fp32 for both).")
+@click.option("--no-cuda-graph", is_flag=True, help="Time the fused model step by step (no CUDA graph replay).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the result as JSON.")
-def bench_cmd(original, fused, device, warmup, iters, inputs, shapes, allow_tf32, json_path) -> None:
+def bench_cmd(original, fused, device, warmup, iters, inputs, shapes, allow_tf32, no_cuda_graph, json_path) -> None:
     """Baseline (ORIGINAL in onnxruntime) vs current (FUSED in our runtime) on the same device."""
     import json
 
@@ -220,7 +224,7 @@ def bench_cmd(original, fused, device, warmup, iters, inputs, shapes, allow_tf32
         orig, fz = load_model(original), load_model(fused)
         feeds = make_inputs(orig, 0, dict(_parse_input(s) for s in inputs), dict(_parse_shape(s) for s in shapes))
         try:
-            res = bench(orig, fz, device, warmup, iters, feeds, allow_tf32)
+            res = bench(orig, fz, device, warmup, iters, feeds, allow_tf32, cuda_graph=not no_cuda_graph)
         except BackendUnavailable as e:
             raise InputError(str(e)) from None
     except Exception as e:  # noqa: BLE001

@@ -36,13 +36,18 @@ class BenchResult:
     island_steps: int
     baseline_all_ms: list[float]
     current_all_ms: list[float]
+    cuda_graph: str = "off"
+    baseline_graph_ms: float | None = None  # the original with the CUDA EP's own CUDA graphs, where it accepts them
 
     def block(self, name: str) -> str:
         return (f"[{name}] device={self.device}\n"
                 f"  baseline latency: {self.baseline_ms:.4f} ms (original, onnxruntime)\n"
                 f"  current latency:  {self.current_ms:.4f} ms (fused, onnx-fuse runtime: "
-                f"{self.kernel_steps} kernel steps, {self.island_steps} onnxruntime islands)\n"
-                f"  speedup:          {self.speedup:.3f}x\n"
+                f"{self.kernel_steps} kernel steps, {self.island_steps} onnxruntime islands, "
+                f"CUDA graph {self.cuda_graph})\n"
+                + (f"  (original with onnxruntime's enable_cuda_graph: {self.baseline_graph_ms:.4f} ms)\n"
+                   if self.baseline_graph_ms is not None else "")
+                + f"  speedup:          {self.speedup:.3f}x\n"
                 f"  accuracy:         SNR {self.snr_db:.1f} dB, cosine {self.cosine:.7f}, rel-L2 {self.rel_l2:.2e}")
 
     def to_json(self) -> dict:
@@ -64,15 +69,35 @@ def _median_ms(fn, warmup: int, iters: int) -> list[float]:
     return out
 
 
+def _ort_graph_ms(ort, original: onnx.ModelProto, opts, ex, popts: dict, dev_feeds: dict, names: list[str],
+                  ref: list[np.ndarray], warmup: int, iters: int) -> float | None:
+    """The original in the CUDA EP with ``enable_cuda_graph=1`` (inputs and outputs at fixed device addresses):
+    a reference point beside the baseline, not the baseline. None where onnxruntime refuses the model (its
+    graphs need every node on the CUDA EP)."""
+    try:
+        sess = ort.InferenceSession(original.SerializeToString(), opts,
+                                    providers=[(ex.provider, dict(popts, enable_cuda_graph="1"))])
+        io = sess.io_binding()
+        for k, v in dev_feeds.items():
+            io.bind_ortvalue_input(k, v)
+        outs = [ort.OrtValue.ortvalue_from_shape_and_type(list(r.shape), r.dtype, ex.ort_device, 0) for r in ref]
+        for n, o in zip(names, outs, strict=True):
+            io.bind_ortvalue_output(n, o)
+        ms = _median_ms(lambda: sess.run_with_iobinding(io), warmup, iters)
+        return statistics.median(ms)
+    except Exception:  # noqa: BLE001 - onnxruntime's graph capture does not take every model
+        return None
+
+
 def bench(original: onnx.ModelProto, fused: onnx.ModelProto, device: str = "auto", warmup: int = 10,
           iters: int = 50, feeds: dict[str, np.ndarray] | None = None, allow_tf32: bool = False,
-          seed: int = 0) -> BenchResult:
+          seed: int = 0, cuda_graph: bool = True) -> BenchResult:
     import onnxruntime as ort
 
     from .runtime import Session
 
     feeds = feeds if feeds is not None else make_inputs(original, seed)
-    sess = Session(fused, device=device)
+    sess = Session(fused, device=device, allow_tf32=allow_tf32, cuda_graph=cuda_graph)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if sess.backend.is_device:
@@ -99,6 +124,8 @@ def bench(original: onnx.ModelProto, fused: onnx.ModelProto, device: str = "auto
         b_ms = _median_ms(run_base, warmup, iters)
         c_ms = _median_ms(run_cur, warmup, iters)
         ref = [o.numpy() for o in io.get_outputs()]
+        b_graph = _ort_graph_ms(ort, original, opts, ex, popts, dev_feeds, names, ref, warmup, iters) \
+            if ex.provider == "CUDAExecutionProvider" else None
         outs = sess.run_device(dev_feeds)
         sess.synchronize()
         got = [outs[n].numpy() for n in names]
@@ -109,8 +136,10 @@ def bench(original: onnx.ModelProto, fused: onnx.ModelProto, device: str = "auto
         c_ms = _median_ms(lambda: sess.run(names, feeds), warmup, iters)
         ref = base.run(names, feeds)
         got = sess.run(names, feeds)
+        b_graph = None
     rel, _, cos, snr = metrics(np.concatenate([r.ravel() for r in ref]).astype(np.float64),
                                np.concatenate([g.ravel() for g in got]).astype(np.float64))
     b, c = statistics.median(b_ms), statistics.median(c_ms)
     return BenchResult(sess.device, b, c, b / c if c > 0 else float("inf"), snr, cos, rel, iters,
-                       sess.kernel_steps, len(sess.steps) - sess.kernel_steps, b_ms, c_ms)
+                       sess.kernel_steps, len(sess.steps) - sess.kernel_steps, b_ms, c_ms, sess.graph_status,
+                       b_graph)

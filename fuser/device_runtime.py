@@ -12,13 +12,26 @@ are constants (a FusedConvAdd's residual is a runtime input); a fused conv runs 
 ``tactic`` attribute names (:mod:`fuser.tune`), except tactic ``library`` and 3-D convolutions, which
 stay inside an island, where onnxruntime inlines the function body and runs it with cuDNN/MIOpen.
 
+CUDA graphs (NVIDIA, on by default): per step the plan costs host time — an onnxruntime island run through
+IOBinding ~11 µs, a kernel launch from Python ~4 µs — which at batch 1 is more than the GPU work. So the
+first run for a given set of input shapes/types runs eagerly (compiling kernels, building the island
+sessions, letting cuDNN pick its algorithms and onnxruntime's arenas reach their size), then the whole
+plan is captured once from the stream (relaxed capture mode, so onnxruntime's allocator may still call
+``cudaMalloc``) into one CUDA graph, and every later run is one copy per input into the graph's static
+input buffers plus one ``cuGraphLaunch``. The first replay is checked against the eager outputs; a
+capture that fails or disagrees turns graphs off for the session (``graph_status`` says why) and
+runs stay eager. What this relies on: every island session owns its arena and is only run inside the
+graph once captured (memory freed at the end of a captured run is only ever written again by a replay),
+and outputs of a run are valid until the next run (they live in the graph's buffers).
+
 The AMD path (hip backend + ROCm EP) is written to the same shape but has never run: the project has
-no AMD GPU. Only the NVIDIA path is tested (H100/H200).
+no AMD GPU. Only the NVIDIA path is tested (H100/H200); hipGraph capture is not attempted there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,6 +44,21 @@ from .fused import FusedOpType
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
               "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_,
               "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(bfloat16)": None}
+
+
+def _drv_check(result: Any, what: str) -> None:
+    if int(result[0]) != 0:
+        raise RuntimeError(f"{what} failed: {result[0]!r}")
+
+
+def _close(a: np.ndarray, b: np.ndarray) -> bool:
+    """Eager vs replayed outputs: equal up to the run-to-run ulps of split-K atomics."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.dtype.kind != "f":
+        return bool(np.array_equal(a, b))
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    return bool(np.allclose(a64, b64, rtol=1e-3, atol=1e-5 * (np.abs(a64).max(initial=0.0) + 1e-30), equal_nan=True))
 
 
 def _bn_runner(backend, shape, dtype, attrs: dict, consts: list[np.ndarray | None]) -> Callable:
@@ -88,6 +116,35 @@ def _attention_runner(backend, shape, dtype, attrs: dict, consts: list[np.ndarra
                             bool(v.causal), specs, v.nan_zero, attrs.get("tactic", "auto"), term_consts)
 
 
+# inputs that decide an op's output shape by their values (index, or None: every input from that index on)
+_SHAPE_INPUTS: dict[str, tuple[int, ...]] = {
+    "Reshape": (1,), "Expand": (1,), "Tile": (1,), "ConstantOfShape": (0,), "Range": (0, 1, 2), "Slice": (1, 2, 3, 4),
+    "Resize": (1, 2, 3), "Upsample": (1,), "Pad": (1, 3), "TopK": (1,), "OneHot": (1,), "Squeeze": (1,),
+    "Unsqueeze": (1,), "Split": (1,), "CenterCropPad": (1,), "ReduceSum": (1,), "ReduceMean": (1,), "ReduceMax": (1,),
+    "ReduceMin": (1,), "ReduceProd": (1,), "ReduceL2": (1,), "ReduceL1": (1,), "ReduceLogSumExp": (1,),
+    "ReduceSumSquare": (1,), "ReduceLogSum": (1,), "Col2Im": (1, 2), "DFT": (1,),
+    "STFT": (2, 3)}
+_ALWAYS_DATA_DEPENDENT = {"NonZero", "Unique", "Compress", "NonMaxSuppression", "Loop", "If", "Scan",
+                          "StringSplit", "RegexFullMatch"}
+
+
+def data_dependent_shapes(model: onnx.ModelProto) -> str | None:
+    """Why a CUDA graph cannot replay this model (some output shape follows tensor *values* that are not
+    fixed by the input shapes), or None. A value is shape-static when it comes from constants and Shape/Size
+    ops only; a graph replays the shapes of its capture, so every shape-deciding input must be shape-static."""
+    g = model.graph
+    static = {t.name for t in g.initializer}
+    for n in g.node:
+        if n.op_type in _ALWAYS_DATA_DEPENDENT:
+            return f"{n.op_type} node {n.name!r} has data-dependent output shapes"
+        for i in _SHAPE_INPUTS.get(n.op_type, ()) if n.domain in ("", "ai.onnx") else ():
+            if i < len(n.input) and n.input[i] and n.input[i] not in static:
+                return f"{n.op_type} node {n.name!r} takes its shape from computed values ({n.input[i]!r})"
+        if n.op_type in ("Shape", "Size", "Constant") or all(not x or x in static for x in n.input):
+            static.update(o for o in n.output if o)
+    return None
+
+
 class _Shapes(list):
     """Every input's shape (None for constants and absent inputs), with their element types beside."""
 
@@ -132,14 +189,35 @@ def runs_on_device(node: onnx.NodeProto, ftype: FusedOpType, initializers: dict)
     return all(name in initializers for i, name in enumerate(node.input) if i >= 1 and name and i not in runtime)
 
 
+@dataclass
+class _Graph:
+    """One captured run: its executable graph, static inputs, and every value of the captured run (kept alive:
+    the graph reads and writes their buffers)."""
+
+    signature: tuple
+    graph: Any
+    exec: Any
+    inputs: dict[str, Any]
+    values: dict[str, Any]
+    outputs: dict[str, Any]
+
+
 class DeviceExecutor:
     """Runs a :class:`fuser.runtime.Session`'s plan on a device backend."""
 
-    def __init__(self, session: Any, backend: Any) -> None:
+    def __init__(self, session: Any, backend: Any, allow_tf32: bool = False, cuda_graph: bool = True) -> None:
         import onnxruntime as ort
 
         self.session = session
         self.backend = backend
+        self.allow_tf32 = bool(allow_tf32)
+        self.use_graph = bool(cuda_graph) and backend.name == "cuda"
+        self.graph_status = "on" if self.use_graph else "off" if backend.name == "cuda" else "off: not on hip"
+        why = data_dependent_shapes(session.model) if self.use_graph else None
+        if why:
+            self.use_graph, self.graph_status = False, f"off: {why}"
+        self._graph: _Graph | None = None
+        self._warm: set[tuple] = set()
         self.ort = ort
         ort.set_default_logger_severity(3)  # provider-option chatter per session would flood stderr
         if backend.name == "cuda":
@@ -171,7 +249,7 @@ class DeviceExecutor:
         self._consts: dict[str, np.ndarray] = {}
 
     def provider_options(self) -> dict[str, str]:
-        return {"device_id": "0", "user_compute_stream": str(self.stream), "use_tf32": "0"}
+        return {"device_id": "0", "user_compute_stream": str(self.stream), "use_tf32": "1" if self.allow_tf32 else "0"}
 
     # -- values -----------------------------------------------------------------------------------
     def to_device(self, arr: np.ndarray) -> Any:
@@ -194,7 +272,23 @@ class DeviceExecutor:
 
     # -- running ----------------------------------------------------------------------------------
     def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
-        """Run on device values (OrtValues); returns every graph output as an OrtValue (not yet synced)."""
+        """Run on device values (OrtValues); returns every graph output as an OrtValue (not yet synced;
+        valid until the next run)."""
+        if not self.use_graph:
+            return self._run_steps(feeds)
+        sig = tuple(sorted((k, tuple(v.shape()), v.data_type()) for k, v in feeds.items()))
+        g = self._graph
+        if g is None or g.signature != sig:
+            if sig not in self._warm:  # first run of these shapes: eager (builds everything the capture needs)
+                self._warm.add(sig)
+                return self._run_steps(feeds)
+            g = self._capture(feeds, sig)
+            if g is None:
+                return self._run_steps(feeds)
+        self._launch_graph(g, feeds)
+        return g.outputs
+
+    def _run_steps(self, feeds: dict[str, Any]) -> dict[str, Any]:
         from .runtime import KernelStep
 
         values: dict[str, Any] = dict(feeds)
@@ -203,7 +297,83 @@ class DeviceExecutor:
                 self._run_kernel(step, values)
             else:
                 self._run_island(step, values)
+        self._last_values = values
         return {n: values[n] for n in self.session.output_names}
+
+    # -- CUDA graphs -------------------------------------------------------------------------------
+    def _launch_graph(self, g: _Graph, feeds: dict[str, Any]) -> None:
+        from cuda.bindings import driver
+
+        for name, v in feeds.items():
+            dst = g.inputs[name]
+            if v.data_ptr() != dst.data_ptr():
+                nbytes = int(np.prod(v.shape(), dtype=np.int64)) * np.dtype(_ORT_TYPES[v.data_type()]).itemsize
+                _drv_check(driver.cuMemcpyDtoDAsync(dst.data_ptr(), v.data_ptr(), nbytes, self.stream),
+                           "cuMemcpyDtoDAsync")
+        _drv_check(driver.cuGraphLaunch(g.exec, self.stream), "cuGraphLaunch")
+
+    def _graph_off(self, why: str) -> None:
+        self.use_graph = False
+        self.graph_status = f"off: {why}"
+        self._release_graph()
+
+    def _release_graph(self) -> None:
+        from cuda.bindings import driver
+
+        g, self._graph = self._graph, None
+        if g is not None:
+            self.synchronize()
+            driver.cuGraphExecDestroy(g.exec)
+            driver.cuGraphDestroy(g.graph)
+
+    def _capture(self, feeds: dict[str, Any], sig: tuple) -> _Graph | None:
+        """Capture one run of the plan into a CUDA graph; None (and graphs off) when that cannot be done."""
+        from cuda.bindings import driver
+
+        if any(_ORT_TYPES.get(v.data_type()) is None for v in feeds.values()):
+            self._graph_off("an input type the runtime cannot copy (bfloat16)")
+            return None
+        self._release_graph()  # one graph at a time: a new one may reuse memory the old one wrote
+        inputs = {k: self.ort.OrtValue.ortvalue_from_shape_and_type(list(v.shape()), _ORT_TYPES[v.data_type()],
+                                                                    self.ort_device, 0) for k, v in feeds.items()}
+        self.synchronize()
+        mode = driver.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_RELAXED
+        err = driver.cuStreamBeginCapture(self._stream_obj, mode)[0]
+        if int(err) != 0:
+            self._graph_off(f"cuStreamBeginCapture: {err!r}")
+            return None
+        try:
+            outputs = self._run_steps(inputs)
+        except Exception as e:  # noqa: BLE001 - anything the plan did that a capture does not allow
+            driver.cuStreamEndCapture(self._stream_obj)
+            self.synchronize()
+            self._graph_off(f"a step could not be captured ({type(e).__name__}: {str(e).splitlines()[0][:160]})")
+            return None
+        values = self._last_values
+        err, graph = driver.cuStreamEndCapture(self._stream_obj)
+        if int(err) != 0:
+            self.synchronize()
+            self._graph_off(f"capture invalidated: {err!r}")
+            return None
+        err, exe = driver.cuGraphInstantiate(graph, 0)
+        if int(err) != 0:
+            driver.cuGraphDestroy(graph)
+            self._graph_off(f"cuGraphInstantiate: {err!r}")
+            return None
+        g = _Graph(sig, graph, exe, inputs, values, outputs)
+        self._last_values = None
+        # the first replay must agree with an eager run on the same inputs, else graphs stay off
+        eager_out = self._run_steps(feeds)
+        self.synchronize()
+        eager = {n: v.numpy() for n, v in eager_out.items()}  # host copies: the replay reuses kernel buffers
+        self._graph = g
+        self._launch_graph(g, feeds)
+        self.synchronize()
+        got = {n: v.numpy() for n, v in g.outputs.items()}
+        if not all(_close(eager[n], got[n]) for n in got):
+            self._graph_off("the captured graph's outputs differ from an eager run")
+            return None
+        return g
 
     def _run_kernel(self, step: Any, values: dict[str, Any]) -> None:
         x = values[step.node.input[0]]

@@ -146,7 +146,11 @@ def run_kernel_reference(step: KernelStep, args: list[np.ndarray | None]) -> np.
 class Session:
     """Run a (fused) ONNX model; the API mirrors ``onnxruntime.InferenceSession``."""
 
-    def __init__(self, model: str | os.PathLike | onnx.ModelProto, device: str = "auto") -> None:
+    def __init__(self, model: str | os.PathLike | onnx.ModelProto, device: str = "auto", allow_tf32: bool = False,
+                 cuda_graph: bool = True) -> None:
+        """``allow_tf32``: the onnxruntime islands may use TF32 (CUDA EP ``use_tf32``; our kernels follow their
+        tactics). ``cuda_graph``: on NVIDIA, replay the whole plan as one CUDA graph after the first run of
+        each input signature (see :mod:`fuser.device_runtime`; ``graph_status`` says whether it is on)."""
         self.base_dir: str | None = None  # where external data (of > 2 GiB models) resolves
         if isinstance(model, (str, os.PathLike)):
             from .io import load_model
@@ -199,7 +203,7 @@ class Session:
         if self.backend.is_device:
             from .device_runtime import DeviceExecutor
 
-            self._device = DeviceExecutor(self, self.backend)
+            self._device = DeviceExecutor(self, self.backend, allow_tf32, cuda_graph)
 
     def _is_kernel(self, n: onnx.NodeProto) -> bool:
         """A step of its own: a fused node we run (on a device: only where a device kernel exists)."""
@@ -213,6 +217,11 @@ class Session:
         from .device_runtime import runs_on_device
 
         return runs_on_device(n, ftype, self.initializers)
+
+    @property
+    def graph_status(self) -> str:
+        """"on" (runs replay one CUDA graph), or "off" and why."""
+        return self._device.graph_status if self._device is not None else "off: cpu"
 
     @property
     def kernel_steps(self) -> int:

@@ -10,9 +10,12 @@ Every ``FusedConv*`` node of a ``--target hip`` model names its tactic (see
   onnxruntime islands (cuDNN/MIOpen). No device needed.
 - :func:`tune_tactics` — ``onnx-fuse --tune`` on a GPU: per node, time every candidate
   (:func:`fuser.kernels.conv.candidate_tactics`) at the node's shapes and keep the fastest. Candidates
-  are timed the way the runtime runs them, wall clock per call over back-to-back calls: our kernels
-  launched from Python on one stream, ``library`` as a one-node onnxruntime session on the CUDA EP
-  through IOBinding (its ~11 µs per-island cost included). Where onnxruntime has no GPU provider,
+  are timed the way the runtime runs them. On NVIDIA the runtime replays the whole model as one CUDA
+  graph, where a step costs its GPU time and no host time, so each candidate — our kernel on one stream,
+  or ``library`` as a one-node onnxruntime session on the CUDA EP sharing that stream — is captured
+  ``graph_calls`` times into a CUDA graph and timed with events around replays (GPU ms per call). Where a
+  capture fails, the wall clock per call over back-to-back calls is used instead (host launch and the ~11 µs
+  per-island cost included), and the node's note says so. Where onnxruntime has no GPU provider,
   ``library`` is timed as cuDNN through PyTorch when PyTorch is present (said so in the timings), else
   not timed (a kernel of ours then wins). TF32 tactics are candidates only with ``allow_tf32``.
 """
@@ -112,7 +115,60 @@ def assign_tactics(model: onnx.ModelProto, allow_tf32: bool = False, backend_nam
 
 
 # ---- tuning on a device ---------------------------------------------------------------------------
-TIMING = {"min_calls": 20, "min_s": 0.02, "warmup": 3, "rounds": 5}   # tests shrink these
+TIMING = {"min_calls": 20, "min_s": 0.02, "warmup": 3, "rounds": 5, "graph_calls": 10}   # tests shrink these
+
+
+def _time_graph(call, stream: int) -> float | None:
+    """GPU ms per call: ``graph_calls`` calls captured from ``stream`` into one CUDA graph, replayed between
+    two events, the median of the rounds. None when the calls cannot be captured (the caller falls back)."""
+    from cuda.bindings import driver as d
+
+    n = TIMING["graph_calls"]
+    graph = exe = None
+    events = []
+    try:
+        for _ in range(TIMING["warmup"]):
+            call()
+        if int(d.cuStreamSynchronize(stream)[0]) != 0:
+            return None
+        if int(d.cuStreamBeginCapture(stream, d.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_RELAXED)[0]) != 0:
+            return None
+        try:
+            for _ in range(n):
+                call()
+        finally:
+            err, graph = d.cuStreamEndCapture(stream)
+        if int(err) != 0:
+            graph = None
+            return None
+        err, exe = d.cuGraphInstantiate(graph, 0)
+        if int(err) != 0:
+            exe = None
+            return None
+        events = [d.cuEventCreate(0)[1] for _ in range(2)]
+        d.cuGraphLaunch(exe, stream)
+        times = []
+        for _ in range(TIMING["rounds"]):
+            d.cuEventRecord(events[0], stream)
+            d.cuGraphLaunch(exe, stream)
+            d.cuEventRecord(events[1], stream)
+            if int(d.cuEventSynchronize(events[1])[0]) != 0:
+                return None
+            err, ms = d.cuEventElapsedTime(events[0], events[1])
+            if int(err) != 0:
+                return None
+            times.append(ms / n)
+        return float(np.median(times))
+    except Exception:  # noqa: BLE001 - a capture the driver or onnxruntime refuses: time it the other way
+        return None
+    finally:
+        d.cuStreamSynchronize(stream)
+        for e in events:
+            d.cuEventDestroy(e)
+        if exe is not None:
+            d.cuGraphExecDestroy(exe)
+        if graph is not None:
+            d.cuGraphDestroy(graph)
 
 
 def _time_calls(call, sync) -> float:
@@ -179,13 +235,22 @@ class _Library:
             opts = ort.SessionOptions()
             opts.log_severity_level = 3
             popts = {"device_id": "0", "use_tf32": "1" if self.allow_tf32 else "0"}
+            if self.stream:
+                popts["user_compute_stream"] = str(self.stream)
             sess = ort.InferenceSession(m.SerializeToString(), opts, providers=[("CUDAExecutionProvider", popts)])
             io = sess.io_binding()
             io.bind_input(info.node.input[0], "cuda", 0, info.dtype, list(info.x_shape), xp)
             if info.residual:
                 io.bind_input(info.node.input[3], "cuda", 0, info.dtype, list(g.output_shape), rp)
             io.bind_output(info.node.output[0], "cuda", 0, info.dtype, list(g.output_shape), yp)
-            return _time_calls(lambda: sess.run_with_iobinding(io), sync)
+            run_opts = ort.RunOptions()
+            run_opts.add_run_config_entry("disable_synchronize_execution_providers", "1")
+
+            def call() -> None:
+                sess.run_with_iobinding(io, run_opts)
+
+            ms = _time_graph(call, self.stream) if self.stream else None
+            return ms if ms is not None else _time_calls(call, sync)
         if self.how.startswith("cuDNN"):
             torch = self.torch
             import torch.nn.functional as F
@@ -214,6 +279,16 @@ class _Library:
         return None
 
 
+def _new_stream(backend) -> int:
+    """A stream of our own to capture from (the legacy default stream cannot be captured); 0 off NVIDIA."""
+    if backend.name != "cuda":
+        return 0
+    from cuda.bindings import driver as d
+
+    err, stream = d.cuStreamCreate(0)
+    return int(stream) if int(err) == 0 else 0
+
+
 def tune_tactics(model: onnx.ModelProto, allow_tf32: bool = False, device: str = "auto", batch: int = 1,
                  log=None) -> list[ConvNodeInfo]:
     """Time every candidate tactic of every fused conv node on the GPU; set the winners (in place).
@@ -230,7 +305,8 @@ def tune_tactics(model: onnx.ModelProto, allow_tf32: bool = False, device: str =
     if not backend.is_device:
         raise InputError("--tune needs a GPU (cuda or hip backend); none is usable here")
     sync = backend.synchronize
-    lib = _Library(backend, 0, allow_tf32)
+    stream = _new_stream(backend)
+    lib = _Library(backend, stream, allow_tf32)
     infos = conv_nodes(model, batch)
     rng = np.random.default_rng(0)
     for info in infos:
@@ -269,7 +345,14 @@ def tune_tactics(model: onnx.ModelProto, allow_tf32: bool = False, device: str =
                     if r.tactic != cand:
                         continue
                     ins = [xb.ptr] + ([rb.ptr] if rb else [])
-                    ms = _time_calls(lambda r=r, ins=ins, yp=yb.ptr: r(ins, yp), sync)
+
+                    def call(r=r, ins=ins, yp=yb.ptr) -> None:
+                        r(ins, yp, stream)
+
+                    ms = _time_graph(call, stream) if stream else None
+                    if ms is None:
+                        info.note += f"{cand}: wall clock (no CUDA graph); " if stream else ""
+                        ms = _time_calls(call, sync)
             except Exception as e:  # a candidate that cannot run is simply not a candidate
                 info.note += f"{cand}: {type(e).__name__}; "
                 continue
@@ -280,7 +363,12 @@ def tune_tactics(model: onnx.ModelProto, allow_tf32: bool = False, device: str =
         if log is not None:
             log(f"tune {info.node.name}: {info.tactic} "
                 + ", ".join(f"{k} {v:.4f}" for k, v in sorted(info.timings_ms.items(), key=lambda kv: kv[1])))
-    if lib.how:
-        for info in infos:
-            info.note = (info.note + f" library timed as {lib.how}").strip()
+    if stream:
+        from cuda.bindings import driver as d
+
+        d.cuStreamSynchronize(stream)
+        d.cuStreamDestroy(stream)
+    how = "GPU time per call in a CUDA graph" if stream else "wall clock per call"
+    for info in infos:
+        info.note = (info.note + f" timed as {how}" + (f"; library as {lib.how}" if lib.how else "")).strip()
     return infos
