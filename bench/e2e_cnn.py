@@ -60,18 +60,23 @@ def main() -> None:
                                        allow_tf32=tf32).model
                 t_fuse = time.perf_counter() - t
                 r = bench(model, fused, device="cuda", warmup=20, iters=100, allow_tf32=tf32)
+                step_ms = bench(model, fused, device="cuda", warmup=10, iters=50, allow_tf32=tf32,
+                                cuda_graph=False).current_ms
                 label = f"{name} b{batch} {'tf32' if tf32 else 'fp32'}"
-                print(r.block(label), flush=True)
+                print(r.block(label), f"\n  step by step (no CUDA graph): {step_ms:.4f} ms", flush=True)
                 tactics = [next((x.s.decode() for x in n.attribute if x.name == "tactic"), "")
                            for n in fused.graph.node if n.domain == "fuser" and n.op_type.startswith("FusedConv")]
-                rows.append({"case": label, **r.to_json(), "fuse_tune_s": round(t_fuse, 1),
+                rows.append({"case": label, **r.to_json(), "step_by_step_ms": step_ms, "fuse_tune_s": round(t_fuse, 1),
                              "tactics": {k: tactics.count(k) for k in sorted(set(tactics))}})
     with open(os.path.join(a.out, "e2e_cnn.json"), "w") as f:
         json.dump(rows, f, indent=1)
-    print(f"\n{'case':<26} {'baseline ms':>11} {'ours ms':>9} {'speedup':>8} {'SNR dB':>7} {'kern/isl':>9}")
+    print(f"\n{'case':<24} {'ORT ms':>8} {'ORT+graph':>9} {'ours ms':>8} {'no graph':>8} {'speedup':>8} {'SNR dB':>7} "
+          f"{'kern/isl':>9} graph")
     for r in rows:
-        print(f"{r['case']:<26} {r['baseline_ms']:>11.3f} {r['current_ms']:>9.3f} {r['speedup']:>7.2f}x "
-              f"{float(r['snr_db']):>7.1f} {r['kernel_steps']:>4}/{r['island_steps']:<4}")
+        bg = r["baseline_graph_ms"]
+        print(f"{r['case']:<24} {r['baseline_ms']:>8.3f} {bg if bg is None else round(bg, 3)!s:>9} "
+              f"{r['current_ms']:>8.3f} {r['step_by_step_ms']:>8.3f} {r['speedup']:>7.2f}x {float(r['snr_db']):>7.1f} "
+              f"{r['kernel_steps']:>4}/{r['island_steps']:<4} {r['cuda_graph'][:40]}")
 
 
 if __name__ == "__main__":
