@@ -1,12 +1,16 @@
-"""End to end on the GPU: BERT-base (B=8, S=128 and 512) and ViT-B/16 (B=8), three ways, fp32.
+"""End to end on the GPU: BERT-base (B=8, S=128 and 512) and ViT-B/16 (B=8), three ways, fp32 and TF32.
 
-1. the original export in onnxruntime's CUDA EP (all graph optimizations, ``use_tf32=0``);
+1. the original export in onnxruntime's CUDA EP (all graph optimizations; ``use_tf32=0`` for fp32, 1 for TF32);
 2. the same model after onnxruntime's transformers optimizer (``optimize_model``, the path users take today:
    it needs model type, head count and hidden size by hand) in the CUDA EP;
 3. ours: fused by onnx-fuse (no flags) and run in ``fuser.runtime.Session(device="cuda")``.
 
 Random weights (transformers' default BERT config; torchvision's vit_b_16), TorchScript export at opset 17,
 inputs on the device, median of 50 after 10 warm-ups. Prints the seed report's block and a table; JSON to --out.
+
+Beside them, the *GEMM floor*: every MatMul/Gemm of the original at its inferred shapes, run by PyTorch (cuBLAS,
+same precision) back to back inside one CUDA graph — the time no fusion of the other ops can remove. The
+original's time over this floor bounds the speedup any attention/LayerNorm/GELU fusion can give.
 Usage: python bench/e2e_transformers.py [--out DIR]
 """
 
@@ -87,6 +91,51 @@ def time_ort(model_path: str, feeds: dict, provider_opts: dict) -> tuple[float, 
     return statistics.median(ts), [o.numpy() for o in io_.get_outputs()]
 
 
+def gemm_floor_ms(model: onnx.ModelProto, tf32: bool) -> float | None:
+    """GPU ms of the model's MatMul/Gemm nodes alone (shapes from shape inference), in one CUDA graph."""
+    import torch
+
+    m = onnx.shape_inference.infer_shapes(model)
+    shapes = {}
+    for v in list(m.graph.value_info) + list(m.graph.input) + list(m.graph.output):
+        dims = [d.dim_value for d in v.type.tensor_type.shape.dim]
+        shapes[v.name] = dims
+    for t in m.graph.initializer:
+        shapes[t.name] = list(t.dims)
+    ops = []
+    for n in m.graph.node:
+        if n.op_type not in ("MatMul", "Gemm"):
+            continue
+        a, b = shapes.get(n.input[0]), shapes.get(n.input[1])
+        if not a or not b or 0 in a or 0 in b:
+            return None
+        if n.op_type == "Gemm":
+            ta = next((x.i for x in n.attribute if x.name == "transA"), 0)
+            tb = next((x.i for x in n.attribute if x.name == "transB"), 0)
+            a, b = (a[::-1] if ta else a), (b[::-1] if tb else b)
+        ops.append((torch.randn(a, device="cuda"), torch.randn(b, device="cuda")))
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        for x, y in ops:
+            torch.matmul(x, y)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g, stream=stream):
+        for x, y in ops:
+            torch.matmul(x, y)
+    ts = []
+    for _ in range(20):
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        g.replay()
+        e1.record()
+        torch.cuda.synchronize()
+        ts.append(e0.elapsed_time(e1))
+    torch.backends.cuda.matmul.allow_tf32 = False
+    return statistics.median(ts)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -103,37 +152,48 @@ def main() -> None:
         feeds = make_inputs(model, 0)
         src = os.path.join(tmp, "m.onnx")
         onnx.save(model, src)
-        popts = {"device_id": "0", "use_tf32": "0"}
-        row = {"case": label}
+        t = time.perf_counter()
+        res = fuser.optimize(model, None, verify_result=False, device="cuda")
+        fuse_s = round(time.perf_counter() - t, 1)
+        opt_path = None
         try:
             opt = optimize_model(src, model_type=kind, num_heads=12, hidden_size=768, use_gpu=True)
             opt_path = os.path.join(tmp, "ortopt.onnx")
             opt.save_model_to_file(opt_path)
             ops = [n.op_type for n in onnx.load(opt_path).graph.node]
-            row["ort_optimizer_attention_nodes"] = ops.count("Attention") + ops.count("MultiHeadAttention")
-            row["ort_optimizer_ms"], _ = time_ort(opt_path, feeds, popts)
+            opt_nodes = ops.count("Attention") + ops.count("MultiHeadAttention")
         except Exception as e:  # noqa: BLE001 - the optimizer does not handle every export
-            row["ort_optimizer_error"] = f"{type(e).__name__}: {str(e)[:160]}"
-        t = time.perf_counter()
-        res = fuser.optimize(model, None, verify_result=False, device="cuda")
-        row["fuse_s"] = round(time.perf_counter() - t, 1)
-        row["fused_attention_nodes"] = sum(1 for n in res.model.graph.node if n.op_type.startswith("FusedAttention"))
-        r = bench(model, res.model, device="cuda", warmup=10, iters=50, feeds=feeds)
-        print(r.block(label), flush=True)
-        row.update(original_ms=r.baseline_ms, ours_ms=r.current_ms, speedup=r.speedup, snr_db=r.snr_db,
-                   kernel_steps=r.kernel_steps, island_steps=r.island_steps)
-        rows.append(row)
-        print(json.dumps(row, default=str), flush=True)
+            opt_err = f"{type(e).__name__}: {str(e)[:160]}"
+        for tf32 in (False, True):
+            prec = "tf32" if tf32 else "fp32"
+            popts = {"device_id": "0", "use_tf32": "1" if tf32 else "0"}
+            row = {"case": f"{label} {prec}", "fuse_s": fuse_s}
+            if opt_path:
+                row["ort_optimizer_attention_nodes"] = opt_nodes
+                row["ort_optimizer_ms"], _ = time_ort(opt_path, feeds, popts)
+            else:
+                row["ort_optimizer_error"] = opt_err
+            row["fused_attention_nodes"] = sum(1 for n in res.model.graph.node
+                                               if n.op_type.startswith("FusedAttention"))
+            r = bench(model, res.model, device="cuda", warmup=10, iters=50, feeds=feeds, allow_tf32=tf32)
+            print(r.block(row["case"]), flush=True)
+            row.update(original_ms=r.baseline_ms, original_graph_ms=r.baseline_graph_ms, ours_ms=r.current_ms,
+                       speedup=r.speedup, snr_db=r.snr_db, kernel_steps=r.kernel_steps, island_steps=r.island_steps,
+                       cuda_graph=r.cuda_graph, gemm_floor_ms=gemm_floor_ms(model, tf32))
+            rows.append(row)
+            print(json.dumps(row, default=str), flush=True)
     with open(os.path.join(a.out, "e2e_transformers.json"), "w") as f:
         json.dump(rows, f, indent=1, default=str)
-    print(f"\n{'case':<20} {'original':>9} {'ORT-optimizer':>14} {'ours':>8} {'vs orig':>8} {'vs ORT-opt':>10} "
-          f"{'fused attn':>10} {'SNR':>6}")
+    print(f"\n{'case':<25} {'original':>9} {'orig+graph':>10} {'ORT-opt':>8} {'ours':>8} {'vs orig':>8} "
+          f"{'vs ORT-opt':>10} {'GEMM floor':>10} {'max possible':>12} {'attn':>5} {'SNR':>6} graph")
     for r in rows:
-        o, ours = r.get("ort_optimizer_ms"), r["ours_ms"]
-        o_ms = f"{o:.3f}" if o else "n/a"
-        vs_opt = f"{o / ours:.2f}x" if o else "n/a"
-        print(f"{r['case']:<20} {r['original_ms']:>9.3f} {o_ms:>14} {ours:>8.3f} {r['original_ms'] / ours:>7.2f}x "
-              f"{vs_opt:>10} {r['fused_attention_nodes']:>10} {float(r['snr_db']):>6.1f}")
+        o, ours, fl, og = r.get("ort_optimizer_ms"), r["ours_ms"], r.get("gemm_floor_ms"), r.get("original_graph_ms")
+        orig = r["original_ms"]
+        print(f"{r['case']:<25} {r['original_ms']:>9.3f} {og if og is None else round(og, 3)!s:>10} "
+              f"{(f'{o:.3f}' if o else 'n/a'):>8} {ours:>8.3f} {r['original_ms'] / ours:>7.2f}x "
+              f"{(f'{o / ours:.2f}x' if o else 'n/a'):>10} {(f'{fl:.3f}' if fl else 'n/a'):>10} "
+              f"{(f'{orig / fl:.2f}x' if fl else 'n/a'):>12} {r['fused_attention_nodes']:>5} "
+              f"{float(r['snr_db']):>6.1f} {r['cuda_graph'][:30]}")
 
 
 if __name__ == "__main__":
