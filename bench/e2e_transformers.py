@@ -8,9 +8,10 @@
 Random weights (transformers' default BERT config; torchvision's vit_b_16), TorchScript export at opset 17,
 inputs on the device, median of 50 after 10 warm-ups. Prints the seed report's block and a table; JSON to --out.
 
-Beside them, the *GEMM floor*: every MatMul/Gemm of the original at its inferred shapes, run by PyTorch (cuBLAS,
-same precision) back to back inside one CUDA graph — the time no fusion of the other ops can remove. The
-original's time over this floor bounds the speedup any attention/LayerNorm/GELU fusion can give.
+Beside them, the *GEMM floor*: every MatMul/Gemm of the original that multiplies by a weight (projections, MLP,
+classifier — not attention's Q·Kᵀ and P·V, which the fused node replaces) at its inferred shapes, run by
+PyTorch (cuBLAS, same precision) back to back inside one CUDA graph — the time no fusion of the other ops can
+remove. The original's time over this floor bounds the speedup any attention/LayerNorm/GELU fusion can give.
 Usage: python bench/e2e_transformers.py [--out DIR]
 """
 
@@ -102,9 +103,10 @@ def gemm_floor_ms(model: onnx.ModelProto, tf32: bool) -> float | None:
         shapes[v.name] = dims
     for t in m.graph.initializer:
         shapes[t.name] = list(t.dims)
+    weights = {t.name for t in m.graph.initializer}
     ops = []
-    for n in m.graph.node:
-        if n.op_type not in ("MatMul", "Gemm"):
+    for n in m.graph.node:  # the projections and MLPs (a weight operand); attention's own matmuls are fused away
+        if n.op_type not in ("MatMul", "Gemm") or not ({n.input[0], n.input[1]} & weights):
             continue
         a, b = shapes.get(n.input[0]), shapes.get(n.input[1])
         if not a or not b or 0 in a or 0 in b:
