@@ -8,13 +8,18 @@ model runs anywhere; our runtime recognises the op type and launches the bundled
 Op types (domain ``fuser``, version 1):
 
 - ``FusedConv[Add]<Act>``  inputs X, W, B [, R] [, clip_min, clip_max]  Conv(+residual Add)+activation
+- ``FusedConv<Act>Add``    inputs X, W, B, R [, clip_min, clip_max]  Conv+activation, then the shortcut Add
+  (Darknet's order: ``act(conv(x) + b) + R``; ``<Act>`` never empty — without one the orders agree)
 - ``FusedBatchNorm<Act>``  inputs X, scale, shift [, clip_min, clip_max]  per-channel affine+activation
 - ``FusedLeakyRelu``       input X                                    LeakyRelu as one kernel
 - ``FusedGroupNorm<Act>``  inputs X, gamma, beta [, eps, group_shape]  GroupNormalization+activation
 - ``FusedAttention<Variant>``  inputs Q, K, V [, per-term bias/mask/fill] [, scale]  scaled-dot-product
   attention (:mod:`fuser.fused_attention` defines the variants and the body)
 
-``<Act>`` is one of the names in :data:`fuser.kernels.activations.ACTIVATIONS` ("" for none).
+``<Act>`` is one of the names in :data:`fuser.kernels.activations.ACTIVATIONS` ("" for none). The op
+type's name reads in the order the body computes: ``FusedConvAddRelu`` adds R before the Relu (ResNet),
+``FusedConvLeakyReluAdd`` after the LeakyRelu (Darknet). No activation name starts or ends with "Add",
+so the two never collide.
 """
 
 from __future__ import annotations
@@ -158,8 +163,14 @@ class FusedOpType:
 
     base: str  # "Conv", "BatchNorm", "LeakyRelu", "GroupNorm", "Attention"
     activation: str = ""
-    residual: bool = False
+    residual: bool = False  # a residual input R (Conv only)
     variant: str = ""  # Attention: the op-type suffix (fuser.fused_attention.AttentionVariant)
+    residual_after: bool = False  # R is added after the activation (Darknet's shortcut), not before it
+
+    def __post_init__(self) -> None:
+        # act(v) + R and act(v + R) are one thing without an activation: one name for it (residual before)
+        if self.residual_after and not (self.base == "Conv" and self.residual and self.activation):
+            raise ValueError("residual_after needs a Conv with a residual and an activation")
 
     @property
     def name(self) -> str:
@@ -167,6 +178,8 @@ class FusedOpType:
             return "FusedLeakyRelu"
         if self.base == "Attention":
             return "FusedAttention" + self.variant
+        if self.residual_after:
+            return f"Fused{self.base}{self.activation}Add"
         return f"Fused{self.base}{'Add' if self.residual else ''}{self.activation}"
 
     @property
@@ -225,7 +238,7 @@ class FusedOpType:
             conv = helper.make_node("Conv", ["X", "W", "B"], ["conv_out"])
             conv.attribute.extend(_ref(a) for a in CONV_ATTRS)
             nodes.append(conv)
-            if self.residual:
+            if self.residual and not self.residual_after:
                 nodes.append(helper.make_node("Add", ["conv_out", "R"], ["sum_out"]))
         elif self.base == "BatchNorm":
             nodes.append(helper.make_node("Mul", ["X", "scale"], ["scaled"]))
@@ -239,12 +252,18 @@ class FusedOpType:
             nodes += activation_body(act, nodes[-1].output[0] if nodes else "X", "Y", opset)
         else:  # no activation: the last op writes Y itself (no Identity left after inlining)
             nodes[-1].output[0] = "Y"
+        if self.residual_after:  # the shortcut Add reads the activation's output and writes Y
+            for n in nodes:
+                n.output[:] = ["act_out" if o == "Y" else o for o in n.output]
+            nodes.append(helper.make_node("Add", ["act_out", "R"], ["Y"]))
         what = {"GroupNorm": "GroupNormalization"}.get(self.base, self.base)
+        steps = [what] + (["residual Add"] if self.residual and not self.residual_after else [])
+        steps += [self.activation] if self.activation else []
+        steps += ["shortcut Add"] if self.residual_after else []
         return helper.make_function(
             DOMAIN, self.name, self.formal_inputs(opset), ["Y"], nodes,
             [helper.make_opsetid("", opset)], self.attributes(),
-            doc_string=f"onnx-fuse fused op: {what}{' + residual Add' if self.residual else ''}"
-            f"{' + ' + self.activation if self.activation else ''}; runs on kernel family '{self.kernel}'.",
+            doc_string=f"onnx-fuse fused op: {' + '.join(steps)}; runs on kernel family '{self.kernel}'.",
         )
 
 
@@ -267,10 +286,14 @@ def parse_op_type(op_type: str) -> FusedOpType | None:
         if not op_type.startswith(prefix):
             continue
         rest = op_type[len(prefix):]
-        residual = rest.startswith("Add") and rest[3:] in ACTIVATIONS
-        act = rest[3:] if residual else rest
-        if act in ACTIVATIONS:
-            return FusedOpType(base, act, residual)
+        if rest in ACTIVATIONS:
+            return FusedOpType(base, rest)
+        if base != "Conv":  # only a conv has a residual input
+            return None
+        if rest.startswith("Add") and rest[3:] in ACTIVATIONS:  # FusedConvAdd<Act>: R before the activation
+            return FusedOpType(base, rest[3:], True)
+        if rest.endswith("Add") and rest[:-3] in ACTIVATIONS and rest[:-3]:  # FusedConv<Act>Add: R after it
+            return FusedOpType(base, rest[:-3], True, residual_after=True)
     return None
 
 

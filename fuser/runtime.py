@@ -113,6 +113,15 @@ def _attrs(node: onnx.NodeProto) -> dict:
     return out
 
 
+def _step_attrs(node: onnx.NodeProto, ftype: FusedOpType) -> dict:
+    """What a kernel step's runner reads: the node's attributes, plus what its op type says beyond them
+    (a conv's ``residual_after``: a ``FusedConv<Act>Add`` adds R after the activation)."""
+    out = _attrs(node)
+    if ftype.base == "Conv":
+        out["residual_after"] = ftype.residual_after
+    return out
+
+
 def run_kernel_reference(step: KernelStep, args: list[np.ndarray | None]) -> np.ndarray:
     """The CPU backend: the numpy reference of the node's kernel family."""
     a, ft = step.attrs, step.ftype
@@ -124,7 +133,8 @@ def run_kernel_reference(step: KernelStep, args: list[np.ndarray | None]) -> np.
 
         conv_attrs = {k: a[k] for k in _ATTR_KEYS if k in a}
         residual = args[3] if ft.residual else None
-        return conv.reference(args[0], args[1], args[2], residual, **act, **conv_attrs)
+        return conv.reference(args[0], args[1], args[2], residual, **act, residual_after=ft.residual_after,
+                              **conv_attrs)
     if ft.base == "BatchNorm":
         from .kernels import batchnorm
 
@@ -189,7 +199,8 @@ class Session:
         for k, nodes in enumerate(groups):
             if len(nodes) == 1 and self._is_kernel(nodes[0]):
                 n = nodes[0]
-                self.steps.append(KernelStep(n, parse_op_type(n.op_type), _attrs(n)))
+                ft = parse_op_type(n.op_type)
+                self.steps.append(KernelStep(n, ft, _step_attrs(n, ft)))
                 continue
             produced = {o for n in nodes for o in n.output if o}
             ins: list[str] = []

@@ -43,6 +43,7 @@ class ConvNodeInfo:
     dtype: np.dtype
     attrs: dict
     residual: bool
+    residual_after: bool = False  # FusedConv<Act>Add: R is added after the activation
     tactic: str = ""
     timings_ms: dict[str, float] = field(default_factory=dict)
     note: str = ""
@@ -77,7 +78,7 @@ def conv_nodes(model: onnx.ModelProto, batch: int = 1) -> list[ConvNodeInfo]:
         w = inits[n.input[1]]
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(w.data_type))
         out.append(ConvNodeInfo(n, _static_shape(vis.get(n.input[0]), batch), list(w.dims), dtype,
-                                node_attrs(n), ft.residual))
+                                node_attrs(n), ft.residual, ft.residual_after))
     return out
 
 
@@ -338,6 +339,7 @@ def tune_tactics(model: onnx.ModelProto, allow_tf32: bool = False, device: str =
                         continue
                 else:
                     r = conv.Runner(backend, info.x_shape, info.dtype, w, b, residual=info.residual,
+                                    residual_after=info.residual_after,
                                     activation=a.get("activation", ""), alpha=a.get("alpha", 0.01),
                                     beta=a.get("beta", 0.0), clip_min=a.get("clip_min", float("-inf")),
                                     clip_max=a.get("clip_max", float("inf")), tactic=cand, allow_tf32=allow_tf32,
