@@ -30,8 +30,19 @@ class PassContext:
 
     def fused_node(self, ftype: FusedOpType, inputs: list[gs.Tensor], output: gs.Tensor,
                    attrs: dict, pattern: str, sources: list[gs.Node]) -> gs.Node:
-        """Replace ``sources`` by one fused node producing ``output`` (the last source's output)."""
-        source_names = [n.name for n in sources]
+        """Replace ``sources`` by one fused node producing ``output`` (the last source's output).
+
+        A source that is itself a fused node of this run (conv_shortcut grows a ``FusedConv<Act>``) stands
+        for the nodes it replaced: its record gives way to this one, which lists those original nodes, so
+        the name, the report and the visual diff name original nodes only."""
+        source_names = []
+        for n in sources:
+            rec = next((r for r in self.fusions if r.kernel and r.fused_node == n.name), None)
+            if rec is not None and n.domain == DOMAIN:
+                self.fusions.remove(rec)
+                source_names += rec.source_nodes
+            else:
+                source_names.append(n.name)
         self.retire(sources)
         if len(source_names) == 1:  # one node replaced by one: the replacement keeps its name
             self.names.release(source_names[0])

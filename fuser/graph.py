@@ -38,6 +38,13 @@ def only_consumed_by(graph: gs.Graph, t: gs.Tensor, nodes: list[gs.Node]) -> boo
     return t not in graph.outputs and all(any(c is n for n in nodes) for c in t.outputs)
 
 
+def same_static_shape(a: gs.Tensor, b: gs.Tensor) -> bool:
+    """Both shapes known, every dim known (a symbolic dim matches only the same symbol), and equal: what
+    an elementwise op reads without broadcasting."""
+    return a.shape is not None and b.shape is not None and list(a.shape) == list(b.shape) and all(
+        d is not None for d in a.shape)
+
+
 def input_at(node: gs.Node, i: int) -> gs.Tensor | None:
     """The i-th input, or None where it is absent or given as the empty name."""
     if i >= len(node.inputs):

@@ -26,7 +26,7 @@ import onnx_graphsurgeon as gs
 from fuser.activation_match import ActivationMatch, match_activation_after
 from fuser.context import PassContext
 from fuser.fused import CONV_ATTRS, FusedOpType, clip_bounds_as_inputs
-from fuser.graph import const_value, input_at
+from fuser.graph import const_value, input_at, same_static_shape
 
 NAME = "conv_activation"
 
@@ -54,18 +54,13 @@ def run(ctx: PassContext) -> int:
     return count
 
 
-def _same_static_shape(a: gs.Tensor, b: gs.Tensor) -> bool:
-    return a.shape is not None and b.shape is not None and list(a.shape) == list(b.shape) and all(
-        d is not None for d in a.shape)
-
-
 def _match_residual(graph: gs.Graph, y: gs.Tensor) -> tuple[tuple[gs.Node, gs.Tensor] | None, gs.Tensor]:
     add = y.outputs[0]
     if add.op not in ("Add", "Sum") or len(add.inputs) != 2 or not add.outputs:
         return None, y
     r = add.inputs[1] if add.inputs[0] is y else add.inputs[0]
     s = add.outputs[0]
-    if r is y or not _same_static_shape(y, r) or not _same_static_shape(y, s):
+    if r is y or not same_static_shape(y, r) or not same_static_shape(y, s):
         return None, y
     if s in graph.outputs or not s.outputs:  # one consumer, or the SiLU diamond's two (the matcher checks)
         return None, y
