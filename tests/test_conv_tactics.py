@@ -35,7 +35,9 @@ def _tactics(model: onnx.ModelProto) -> dict[str, str]:
     return out
 
 
-def conv_model(x_shape, w_shape, attrs, residual=True, act="LeakyRelu", seed=0, opset=17) -> onnx.ModelProto:
+def conv_model(x_shape, w_shape, attrs, residual=True, act="LeakyRelu", seed=0, opset=17,
+               shortcut=False) -> onnx.ModelProto:
+    """Conv (+ Add R) + act; ``shortcut``: Conv + act + Add R (Darknet's order, FusedConv<Act>Add)."""
     rng = np.random.default_rng(seed)
     w = rng.standard_normal(w_shape).astype(np.float32)
     b = rng.standard_normal(w_shape[0]).astype(np.float32)
@@ -43,11 +45,16 @@ def conv_model(x_shape, w_shape, attrs, residual=True, act="LeakyRelu", seed=0, 
     nodes = [helper.make_node("Conv", ["X", "W", "B"], ["c"], **attrs)]
     ins = [helper.make_tensor_value_info("X", TensorProto.FLOAT, x_shape)]
     last = "c"
-    if residual:
-        nodes.append(helper.make_node("Add", ["c", "R"], ["s"]))
+    if residual or shortcut:
         ins.append(helper.make_tensor_value_info("R", TensorProto.FLOAT, y_shape))
+    if residual and not shortcut:
+        nodes.append(helper.make_node("Add", ["c", "R"], ["s"]))
         last = "s"
-    nodes.append(helper.make_node(act, [last], ["Y"], **({"alpha": 0.1} if act == "LeakyRelu" else {})))
+    act_attrs = {"alpha": 0.1} if act == "LeakyRelu" else {}
+    if shortcut:
+        nodes += [helper.make_node(act, [last], ["a"], **act_attrs), helper.make_node("Add", ["a", "R"], ["Y"])]
+    else:
+        nodes.append(helper.make_node(act, [last], ["Y"], **act_attrs))
     g = helper.make_graph(nodes, "g", ins, [helper.make_tensor_value_info("Y", TensorProto.FLOAT, y_shape)],
                           [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
@@ -152,14 +159,16 @@ class _FakeOrt:
 
 @pytest.mark.skipif(emu.compiler() is None, reason="no C++ compiler for the emulator")
 @pytest.mark.parametrize("attrs", [{"pads": [1, 1, 1, 1], "strides": [2, 2]}, {"pads": [0, 1, 2, 1]}])
-def test_device_kernel_step_with_output_shape(attrs) -> None:
+@pytest.mark.parametrize("shortcut", [False, True], ids=["FusedConvAddLeakyRelu", "FusedConvLeakyReluAdd"])
+def test_device_kernel_step_with_output_shape(attrs, shortcut) -> None:
     from fuser.device_runtime import DeviceExecutor
     from fuser.runtime import KernelStep, Session
 
-    m = conv_model((2, 4, 9, 8), (6, 4, 3, 3), attrs, seed=4)
+    m = conv_model((2, 4, 9, 8), (6, 4, 3, 3), attrs, seed=4, shortcut=shortcut)
     fused = optimize(m, None, device="cpu", verify_result=False).model
     sess = Session(fused, device="cpu")
     (step,) = [s for s in sess.steps if isinstance(s, KernelStep)]
+    assert step.node.op_type == ("FusedConvLeakyReluAdd" if shortcut else "FusedConvAddLeakyRelu")
     ex = object.__new__(DeviceExecutor)
     ex.session, ex.backend, ex.ort, ex.stream, ex.ort_device = sess, emu.EmuBackend(), _FakeOrt, 0, "cuda"
     ex._runners, ex._buffers, ex._consts = {}, {}, {}
@@ -176,7 +185,8 @@ def test_device_kernel_step_with_output_shape(attrs) -> None:
 
 
 @pytest.mark.skipif(emu.compiler() is None, reason="no C++ compiler for the emulator")
-def test_tune_times_candidates_and_sets_winners(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("shortcut", [False, True], ids=["FusedConvAddLeakyRelu", "FusedConvLeakyReluAdd"])
+def test_tune_times_candidates_and_sets_winners(monkeypatch: pytest.MonkeyPatch, shortcut: bool) -> None:
     """The tuning loop itself, with the CPU emulator standing in for the GPU (timings meaningless)."""
     from fuser import tune
     from fuser.kernels import backend
@@ -184,11 +194,12 @@ def test_tune_times_candidates_and_sets_winners(monkeypatch: pytest.MonkeyPatch)
     be = emu.EmuBackend()
     monkeypatch.setattr(backend, "select_backend", lambda device="auto": be)
     monkeypatch.setattr(tune, "TIMING", {"min_calls": 1, "min_s": 0.0, "warmup": 1, "rounds": 1})
-    m = conv_model((1, 8, 6, 6), (8, 8, 3, 3), {"pads": [1, 1, 1, 1]})
+    m = conv_model((1, 8, 6, 6), (8, 8, 3, 3), {"pads": [1, 1, 1, 1]}, shortcut=shortcut)
     fused = optimize(m, None, device="cpu", verify_result=False).model
     infos = tune.tune_tactics(fused, allow_tf32=True, device="cuda")
     (info,) = infos
-    assert info.residual and "library" not in info.timings_ms        # no GPU onnxruntime / torch here
+    assert info.residual and info.residual_after == shortcut
+    assert "library" not in info.timings_ms                            # no GPU onnxruntime / torch here
     assert set(info.timings_ms) == {"winograd", "igemm_32x32"}       # mma_* are offered on CUDA only
     assert "Error" not in info.note
     assert info.tactic == min(info.timings_ms, key=info.timings_ms.get)

@@ -165,11 +165,13 @@ def test_misaligned_pointers(be, tactic, offs) -> None:
 
 @pytest.mark.parametrize("tactic", ["igemm_64x64", "igemm_128x128", "mma_tf32_64x64", "mma_f16_128x128"])
 @pytest.mark.parametrize("splits", [2, 3, 7])
-def test_split_k(be, tactic, splits) -> None:
+@pytest.mark.parametrize("after", [False, True], ids=["res-before", "res-after"])
+def test_split_k(be, tactic, splits, after) -> None:
+    """The last split of a tile runs the epilogue: the residual before or after the activation."""
     dtype = np.float16 if tactic.startswith("mma_f16") else np.float32
     case = ((2, 48, 10, 9), (70, 48, 3, 3), {"pads": [1, 1, 1, 1]})
-    got, want = launch(be, *case, dtype, tactic, residual=True, seed=seed_of(tactic, splits), splits=splits,
-                       repeat=3)
+    got, want = launch(be, *case, dtype, tactic, residual=True, residual_after=after, seed=seed_of(tactic, splits),
+                       splits=splits, repeat=3)
     assert rel_l2(got, want) <= tol_for(tactic, dtype)
 
 

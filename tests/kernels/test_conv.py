@@ -214,6 +214,49 @@ def test_emulated_activations_residual_after(emu_be, act) -> None:
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
 
 
+# Darknet's shortcut (FusedConv<Act>Add: act(conv + b) + R) on every tactic the geometry allows, fp32 and fp16
+RES_AFTER = [(c, dt, t) for c in (EMU_CASES[0], EMU_DW[0]) for dt in (np.float32, np.float16)
+             for t in _emu_tactics(c, dt)]
+
+
+@needs_cxx
+@pytest.mark.parametrize("case,dtype,tactic", RES_AFTER,
+                         ids=[f"{'x'.join(map(str, c[0]))}-{np.dtype(d).name}-{t}" for c, d, t in RES_AFTER])
+def test_emulated_residual_after_every_tactic(emu_be, case, dtype, tactic) -> None:
+    xs, ws, attrs = case
+    rng = np.random.default_rng(seed_of("after", case, dtype, tactic))
+    x = rng.standard_normal(xs).astype(dtype)
+    w = (rng.standard_normal(ws) / np.sqrt(np.prod(ws[1:]))).astype(dtype)
+    b = rng.standard_normal(ws[0]).astype(np.float32)
+    r = rng.standard_normal(conv.geometry(xs, ws, **attrs).output_shape).astype(dtype)
+    got = conv.run(emu_be, x, w, b, r, "LeakyRelu", alpha=0.1, tactic=tactic, residual_after=True, **attrs)
+    want = conv.reference(x, w, b, r, "LeakyRelu", alpha=0.1, residual_after=True, **attrs)
+    before = conv.reference(x, w, b, r, "LeakyRelu", alpha=0.1, **attrs)
+    assert emu_be.launches[-1][0].startswith("fuser_conv")
+    err = np.linalg.norm(got.astype(np.float64) - want) / np.linalg.norm(want.astype(np.float64))
+    tol = 3e-3 if tactic.startswith("mma_tf32") else (2e-3 if dtype == np.float16 else 1e-6)
+    assert err <= tol, f"rel-L2 {err:.3g}"
+    assert np.linalg.norm(before.astype(np.float64) - want) > 10 * tol * np.linalg.norm(want)  # orders differ
+
+
+@needs_cxx
+def test_emulated_split_k_residual_after(emu_be) -> None:
+    """The split-K path's epilogue (run by the last split of a tile) adds R after the activation too."""
+    rng = np.random.default_rng(seed_of("split-after"))
+    x, w = rng.standard_normal((1, 24, 7, 6)).astype(np.float32), rng.standard_normal((20, 24, 3, 3)).astype(np.float32)
+    r = rng.standard_normal((1, 20, 7, 6)).astype(np.float32)
+    runner = conv.Runner(emu_be, x.shape, np.float32, w, None, residual=True, residual_after=True,
+                         activation="LeakyRelu", alpha=0.1, tactic="igemm_32x32", splits=3, pads=[1, 1, 1, 1])
+    assert runner.impl.splits == 3
+    xb, rb = emu_be.upload(x), emu_be.upload(r)
+    yb = emu_be.upload(np.zeros(runner.output_shape, np.float32))
+    runner([xb.ptr, rb.ptr], yb.ptr)
+    got = np.empty(runner.output_shape, np.float32)
+    emu_be.copy_dtoh(got, yb.ptr)
+    want = conv.reference(x, w, None, r, "LeakyRelu", alpha=0.1, residual_after=True, pads=[1, 1, 1, 1])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 @needs_cxx
 @pytest.mark.parametrize("tactic,splits", [("igemm_32x32", 3), ("mma_tf32_64x64", 2), ("igemm_64x128", 4)])
 def test_emulated_split_k_twice(emu_be, tactic, splits) -> None:
