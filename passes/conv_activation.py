@@ -7,7 +7,7 @@ Matches::
 
 Act is Relu, LeakyRelu, Clip with constant bounds (ReLU6), Sigmoid, HardSigmoid, HardSwish, Tanh, or the
 SiLU diamond x·Sigmoid(x). Runs after fold_bn/fold_affine, so a Conv+BN+Act chain arrives here as
-Conv+Act with BN already in the weights.
+Conv+Act with BN already in the weights. A shortcut Add *after* Act (Darknet's) is conv_shortcut's, next.
 
 Guards: y (and s) have one consumer (or exactly the SiLU diamond's two) and are not graph outputs; W and B
 are constants; the Add has exactly two inputs and R has the same static shape as y (a broadcasting Add is
