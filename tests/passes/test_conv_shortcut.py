@@ -303,3 +303,22 @@ def test_guard_unknown_residual_shape():
     res = fuse(g.model())
     assert "conv_shortcut" not in res.pass_counts
     assert ops(res.model) == {"fuser::FusedConvRelu": 1, "Identity": 1, "Add": 1}
+
+
+@pytest.mark.parametrize("target", ["hip", "onnx"])
+def test_visual_diff_maps_every_original_node(target):
+    """The diff reads provenance only: Conv, BN (folded), LeakyRelu and Add all map to the one fused node
+    (or, with --target onnx, to the standard ops it was inlined into)."""
+    from fuser.visual.model import build_diff
+
+    g = GraphBuilder(15)
+    x = g.input("X", ["N", 4, 5, 5])
+    y = g.node("LeakyRelu", [g.bn(g.conv(x, 4, 4), 4)], name="act", alpha=0.1)
+    g.node("Add", [y, x], ["S"], name="add")
+    g.output("S")
+    m = g.model()
+    d = build_diff(m, fuse(m, target=target).model)
+    assert d.removed == [] and d.added == []
+    (group,) = d.groups
+    assert group.pattern == "conv_leakyrelu_add" and group.sources == [0, 1, 2, 3] and group.folded == [1]
+    assert group.op_type == ("fuser::FusedConvLeakyReluAdd" if target == "hip" else "Conv+LeakyRelu+Add")
