@@ -25,6 +25,10 @@ Tactics (the node's ``tactic`` attribute, else :func:`plan`):
   of 4 (or 2) rows × 8 keys for S and 4 (or 2) rows × D/8 columns for O, float4 shared-memory reads
   (Q and K row-major padded by 4 floats, P staged through shared memory): 128 FMAs per 12 vector loads.
   fp32 stays fp32 (no TF32: the fp32 verification tolerance is 1e-5).
+- ``flash_wgmma`` (fp16/bf16, NVIDIA compute capability 9.0 only, D and Dv multiples of 8 up to 64, no score
+  terms; causal is fine): the same algorithm on Hopper's warpgroup MMA (``wgmma``, compiled as its own module for
+  ``sm_90a``), 64 query rows per warpgroup, Q/K/V through shared-memory matrix descriptors (128-byte swizzle),
+  P from registers; source and launch rule in :mod:`attention_wgmma`. Any other case falls back to ``flash_mma``.
 - ``gemm_softmax`` (the seed report's tactic, for short sequences): S = scale·Q Kᵀ + terms into an fp32
   workspace (a 64×64-tiled SIMT GEMM), one warp per row for the softmax (shuffle max/sum, in place), then
   O = P V (the same GEMM). Three launches and S×S floats of workspace.
@@ -43,6 +47,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import attention_wgmma as _wg
+from . import toolchain
 from .backend import Backend, DeviceBackend, DeviceBuffer, as_ptr, ceil_div
 
 NAME = "attention"
@@ -886,6 +892,13 @@ def source_for(sfx: str) -> str:
 
 # the whole family, every dtype (compile coverage, `onnx-fuse kernels build`)
 SOURCE = COMMON + ENTRY_MACROS + "".join(_DTYPE_ENTRIES.values())
+# flash_wgmma's entries: stubs except in an sm_90a compile (runners build them as their own module, wgmma_source_for)
+SOURCE += _wg.SOURCE + _wg.ENTRY_MACROS + _wg.entries_source("f16") + _wg.entries_source("bf16")
+
+
+def wgmma_source_for(sfx: str) -> str:
+    """flash_wgmma's module for one dtype (compiled for sm_90a)."""
+    return _wg.source_for(COMMON, sfx)
 
 SFX = ("f32", "f16", "bf16")
 VARIANTS: list[str] = (
@@ -893,12 +906,15 @@ VARIANTS: list[str] = (
     + ["fuser_attn_softmax"]
     + [f"fuser_attn_mma{v}_{s}" for s in ("f16", "bf16") for v in ("64", "64n128", "64n128cb", "64pp", "128",
                                                                     "128cb")])
+VARIANTS += _wg.VARIANTS
 
 # flash_mma_n64 / _n128 pin the tensor-core kernel's keys per tile (n128: head dims up to 64);
 # flash_simt_r128 gives the CUDA-core kernel 128 query rows and 256 threads per block (head dims up to 64)
 # flash_mma_pp: the software-pipelined tensor-core kernel (head dims up to 64)
 TACTICS = ("auto", "flash_mma", "flash_mma_n64", "flash_mma_n128", "flash_mma_pp", "flash_simt", "flash_simt_r128",
            "gemm_softmax")
+# flash_wgmma: Hopper's warpgroup MMA (sm_90 only); flash_wgmma_<variant> pins a variant of attention_wgmma.WG_VARIANTS
+TACTICS += ("flash_wgmma", *(f"flash_wgmma_{v}" for v in _wg.WG_VARIANTS))
 MAX_TERMS = 2
 BC = 64
 # dtype codes of the term tensors (and the kernels' element types)
@@ -1051,7 +1067,8 @@ def term_strides(spec: TermSpec, scores: tuple[int, int, int, int]) -> tuple[tup
 
 
 def plan(backend_name: str, dtype: np.dtype, d: int, dv: int, sq: int, skv: int, aligned: bool,
-         tactic: str = "auto", colbias: bool = False) -> dict:
+         tactic: str = "auto", colbias: bool = False,
+         arch: str = "", nterms: int = 0) -> dict:
     """The launch rule: tactic, entry (simt64/simt64r128/simt128, mma64/mma64n128/mma128), threads, rows per
     block, shared memory. Measured on H200 (BENCHMARKS.md): see the defaults below."""
     dt = np.dtype(dtype) if not isinstance(dtype, str) else dtype
@@ -1060,6 +1077,12 @@ def plan(backend_name: str, dtype: np.dtype, d: int, dv: int, sq: int, skv: int,
     if tactic not in TACTICS:
         raise ValueError(f"unknown attention tactic {tactic!r}; known: {', '.join(TACTICS)}")
     mma_ok = (backend_name == "cuda" and half and hd <= 128 and d % 8 == 0 and dv % 8 == 0 and aligned)
+    # flash_wgmma (``arch``: the device's, ``nterms``: score terms): where it does not apply, flash_mma runs
+    if tactic.startswith("flash_wgmma") or (tactic == "auto" and WGMMA_AUTO):
+        if _wg.supported(backend_name, arch, half, d, dv, aligned, nterms):
+            return _wg.plan(tactic[len("flash_wgmma_"):] if tactic.startswith("flash_wgmma_") else "")
+        if tactic != "auto":
+            tactic = "flash_mma" if mma_ok else "auto"
     if tactic == "auto":  # head dims past 128 (rare) take the GEMM tactic, which tiles any D
         tactic = "flash_mma" if mma_ok else "flash_simt" if hd <= 128 else "gemm_softmax"
     variant = ""
@@ -1098,6 +1121,7 @@ def plan(backend_name: str, dtype: np.dtype, d: int, dv: int, sq: int, skv: int,
 MMA_D64 = "n128"       # the tensor-core kernel at head dims <= 64: n64 | n128 (keys per tile) | pp (pipelined);
                        # H200 run 4: n128 35.2 us / 0.217 ms, n64 36.5 / 0.236, pp 37.2 / 0.236 (S=512 / S=4096)
 SIMT_ROWS_D64 = 64     # query rows per block of the CUDA-core kernel at head dims <= 64
+WGMMA_AUTO = False     # auto: flash_wgmma where it applies (sm_90, fp16/bf16, head dims <= 64, no terms)
 
 
 def _allow_shared(backend: DeviceBackend, fn, nbytes: int) -> None:
@@ -1153,7 +1177,8 @@ class Runner:
         self.item = 4 if sfx == "f32" else 2
         colbias = len(terms) == 1 and terms[0].kind in ("bias", "winbias") and \
             term_strides(terms[0], (b, h, sq, skv))[0][2] == 0
-        self.plan = plan(backend.name, self.dtype, d, dv, sq, skv, aligned, tactic, colbias)
+        self.plan = plan(backend.name, self.dtype, d, dv, sq, skv, aligned, tactic, colbias,
+                         arch=backend.arch, nterms=len(terms))
         pr = StructArgs()
         self.args = pr
         p = pr.params
@@ -1200,7 +1225,11 @@ class Runner:
             fam = self.plan["family"]
             if kind == "flash_mma" and sfx == "f32":
                 raise ValueError("flash_mma takes fp16/bf16")
-            self.fn = backend.function(f"{NAME}_{sfx}", src, f"fuser_attn_{fam}_{sfx}")
+            if kind == "flash_wgmma":  # its own module, compiled for the arch-specific target (sm_90a)
+                self.fn = backend.function(f"{NAME}_wgmma_{sfx}", wgmma_source_for(sfx), f"fuser_attn_{fam}_{sfx}",
+                                           arch=toolchain.arch_specific(backend.name, backend.arch))
+            else:
+                self.fn = backend.function(f"{NAME}_{sfx}", src, f"fuser_attn_{fam}_{sfx}")
             _allow_shared(backend, self.fn, self.plan["smem"])
             self.grid = (ceil_div(sq, self.plan["rows"]), h, b)
             if self.grid[1] > 65535 or self.grid[2] > 65535:
@@ -1227,7 +1256,7 @@ class Runner:
         for slot, ptr in zip(self._term_slots, inputs[3:], strict=True):
             p.term[slot].ptr = as_ptr(ptr)
         be = self.backend
-        if self.plan["tactic"] == "flash_mma" and (p.q | p.k | p.v | p.o) & 15:
+        if self.plan["tactic"] in ("flash_mma", "flash_wgmma") and (p.q | p.k | p.v | p.o) & 15:
             self._simt_fallback()(inputs, output, stream)  # cp.async moves 16-byte chunks
             return
         if self.plan["tactic"] == "gemm_softmax":

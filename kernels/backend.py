@@ -81,12 +81,14 @@ class DeviceBackend(Backend, ABC):
         self._lock = threading.Lock()
 
     # -- compile/load ---------------------------------------------------------------------------
-    def function(self, family: str, source: str, entry: str) -> Any:
+    def function(self, family: str, source: str, entry: str, arch: str | None = None) -> Any:
         """The loaded entry point ``entry`` of ``family`` (compiled through the disk cache, loaded once
-        per process)."""
+        per process). ``arch`` compiles the module for another target than the device's own: its
+        architecture-specific variant (``toolchain.arch_specific``: sm_90 -> sm_90a) for code that needs it."""
         from .cache import cache_key  # local: keep import graph flat
 
-        skey = cache_key(source, (), self.arch, self.name, "")
+        arch = arch or self.arch
+        skey = cache_key(source, (), arch, self.name, "")
         fkey = (family, skey, entry)
         fn = self._functions.get(fkey)
         if fn is not None:
@@ -96,7 +98,7 @@ class DeviceBackend(Backend, ABC):
             if mod is None:
                 from .toolchain import compile_family
 
-                code = compile_family(self.name, self.arch, source, family, warp_size=self.warp_size)
+                code = compile_family(self.name, arch, source, family, warp_size=self.warp_size)
                 mod = self._load_module(code.image)
                 self._modules[(family, skey)] = mod
             fn = self._get_function(mod, entry)

@@ -199,6 +199,18 @@ def compile_family(backend: str, arch: str, family_source: str, name: str, *,
     return CompiledCode(backend, arch, name, image, log, False, seconds, key)
 
 
+# NVIDIA targets with an architecture-specific variant: code built for sm_90a may use instructions that exist
+# only on compute capability 9.0 (wgmma, setmaxnreg) and loads nowhere else, so a family asks for it per module
+# (DeviceBackend.function(..., arch=...)) and everything else keeps compiling for the plain, portable target.
+_ARCH_SPECIFIC = {"sm_90": "sm_90a"}
+
+
+def arch_specific(backend: str, arch: str) -> str | None:
+    """The architecture-specific target of a device's ``arch`` (cuda sm_90 -> sm_90a), or None where there is
+    none (other NVIDIA archs, AMD)."""
+    return _ARCH_SPECIFIC.get(arch) if backend == "cuda" else None
+
+
 def has_symbol(image: bytes, entry: str) -> bool:
     """Whether a compiled image names ``entry`` (ELF string tables of cubins and AMD code objects hold
     the unmangled ``extern "C"`` names, NUL-terminated)."""

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from fuser.kernels import attention as A
+from fuser.kernels import attention_wgmma as W
 from fuser.kernels.backend import DeviceBackend
 
 
@@ -122,10 +123,12 @@ class FakeCuda(DeviceBackend):
     def __init__(self) -> None:
         super().__init__()
         self.launches: list = []
+        self.compiled_for: list = []
         self._next = 4096
 
-    def function(self, family, source, entry):
+    def function(self, family, source, entry, arch=None):
         assert entry in A.VARIANTS and (entry == "fuser_attn_softmax" or entry.rsplit("_", 1)[1] in family)
+        self.compiled_for.append((entry, arch))
         return entry
 
     def _load_module(self, image):
@@ -228,3 +231,60 @@ def test_device_runtime_builds_attention_runners():
     assert not runs_on_device(node, ft, {"m": object()})  # a runtime fill cannot be read by the runner
     three = parse_op_type("FusedAttentionBiasBiasBias")
     assert not runs_on_device(helper.make_node(three.name, list("qkvabc"), ["y"], domain="fuser"), three, {})
+
+
+# -- flash_wgmma (Hopper wgmma, sm_90a): launch rule and fallbacks, and its module's sm_90a compile --------------
+
+@pytest.mark.parametrize("tactic,dtype,d,dv,causal,variant", [
+    ("flash_wgmma", "float16", 64, 64, False, W.WG_DEFAULT),
+    ("flash_wgmma_2n64", "bfloat16", 32, 48, True, "2n64"),
+    ("flash_wgmma_1n64p", "float16", 64, 8, False, "1n64p"),
+])
+def test_wgmma_launch_rule(tactic, dtype, d, dv, causal, variant):
+    be = FakeCuda()
+    r = A.Runner(be, (2, 4, 65, d), (2, 2, 70, d), (2, 2, 70, dv), dtype, 0.5, causal, tactic=tactic)
+    assert r.tactic == "flash_wgmma" and r.output_shape == (2, 4, 65, dv)
+    sfx = "f16" if dtype == "float16" else "bf16"
+    entry = f"fuser_attn_wg{variant}_{sfx}"
+    assert be.compiled_for[-1] == (entry, "sm_90a")  # its own module, for the arch-specific target
+    r([1600, 3200, 4800], 8000, 7)
+    fn, grid, block, shared, q, *_ = be.launches[-1]
+    nwg = W.WG_VARIANTS[variant][0]
+    assert fn == entry and block == (128 * nwg, 1, 1) and grid == (-(-65 // (64 * nwg)), 4, 2)
+    assert shared == W.smem_bytes(variant) and q == 1600
+    r([1602, 3200, 4800], 8000, 7)  # a pointer off 16 bytes: the CUDA-core kernel
+    assert be.launches[-1][0] == f"fuser_attn_simt64_{sfx}"
+
+
+@pytest.mark.parametrize("arch,dtype,d,terms,want", [
+    ("sm_90", "float16", 64, 1, "flash_mma"),     # a score term: flash_mma
+    ("sm_90", "bfloat16", 128, 0, "flash_mma"),   # head dims past 64
+    ("sm_90", "float16", 36, 0, "flash_simt"),    # not a multiple of 8: no tensor cores at all
+    ("sm_80", "float16", 64, 0, "flash_mma"),     # no wgmma before Hopper
+    ("sm_100", "float16", 64, 0, "flash_mma"),    # nor after (sm_90a code runs on 9.0 only)
+    ("sm_90", "float32", 64, 0, "flash_simt"),
+])
+def test_wgmma_falls_back(arch, dtype, d, terms, want):
+    be = FakeCuda()
+    be.arch = arch
+    specs = [A.TermSpec("bias", "float32", (1, 4, 65, 70))] * terms
+    r = A.Runner(be, (2, 4, 65, d), (2, 2, 70, d), (2, 2, 70, d), dtype, 0.5, terms=specs, tactic="flash_wgmma")
+    assert r.tactic == want and all(arch is None for _, arch in be.compiled_for)
+
+
+def test_wgmma_module_compiles_for_sm90a():
+    """The flash_wgmma module compiles for sm_90a with every entry present and no wgmma serialised by ptxas
+    (which it does, silently correct but slow, when the compiler's own code touches wgmma registers in flight);
+    in the family's SOURCE (plain sm_90, sm_80, AMD) the same entries are stubs."""
+    from fuser.kernels import toolchain
+
+    if not toolchain.toolchain_available("cuda"):
+        pytest.skip("NVRTC not installed")
+    for sfx in ("f16", "bf16"):
+        code = toolchain.compile_family("cuda", "sm_90a", A.wgmma_source_for(sfx), f"attention_wgmma_{sfx}",
+                                        warp_size=32, extra_options=["--ptxas-options=-v"], use_cache=False)
+        for v in W.WG_VARIANTS:
+            assert toolchain.has_symbol(code.image, f"fuser_attn_wg{v}_{sfx}")
+        assert "Potential Performance Loss" not in code.log, code.log
+        bad = [ln for ln in code.log.splitlines() if "spill stores" in ln and " 0 bytes spill stores" not in ln]
+        assert not bad, bad

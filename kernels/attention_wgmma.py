@@ -1,0 +1,455 @@
+"""Attention's ``flash_wgmma`` tactic: FlashAttention's forward on Hopper's warpgroup MMA (``wgmma``, sm_90a only).
+
+Part of the attention family (kernels/attention.py owns the launch contract, the numpy reference and the runner);
+this module holds the device source of the tactic, its entry points and its launch rule, kept apart because
+the code is NVIDIA-``sm_90a``-specific and compiles as its own module for that arch-specific target (NVRTC
+``--gpu-architecture=sm_90a``: ``wgmma`` does not exist in plain ``sm_90`` code).
+
+The kernel (fp16/bf16, head dims D, Dv <= 64 in multiples of 8, no score terms; causal or not):
+
+- a block is NWG consumer warpgroups of 128 threads, each owning 64 query rows; no producer warp: every thread
+  issues ``cp.async`` copies of the next K/V tile (16-byte chunks) while the tensor cores work on this one;
+- Q, K and V tiles live in shared memory in the 128-byte swizzle layout ``wgmma`` reads through a matrix
+  descriptor: rows of 64 halves (128 bytes), 16-byte chunk c of row r stored at chunk c ^ (r % 8), tiles
+  1024-byte aligned (the swizzle is a function of the address bits, so a tile must start on a pattern);
+- S = Q·Kᵀ: ``wgmma.m64nBCk16`` with both operands K-major from shared memory (four k-steps of 16 over D = 64,
+  each a 32-byte step of the descriptors' start address inside the swizzled rows), fp32 accumulators;
+- the online softmax runs on the accumulators (the m64nN accumulator layout gives each thread two rows, g and
+  g + 8 of its warp's 16, spread over a quad: the row max and sum are two xor-shuffles), exp2 with the scale
+  and log2(e) folded into one FFMA on full tiles, -inf safe;
+- P is converted to fp16/bf16 in registers straight into ``wgmma``'s A-register fragments (the accumulator
+  layout of S is the A layout of P, 16 keys per k-step) and O += P·V runs with V from shared memory through a
+  descriptor with the transpose bit (V's rows are keys, so V is the MN-major B operand; same swizzled layout
+  as K);
+- PIPE=1 overlaps the two GEMMs of consecutive tiles inside a warpgroup (FlashAttention-3's intra-warpgroup
+  pipelining): iteration kt issues S(kt) = Q·K(kt)ᵀ and then O += P(kt-1)·V(kt-1), waits for S only, runs
+  tile kt's softmax while the tensor cores do P·V, then waits for O before rescaling it. K/V go three stages
+  deep there (V(kt-1) is still read while tile kt+1 lands).
+
+Every other case (terms, wider heads, other archs, AMD) is not this tactic: the launch rule falls back to
+``flash_mma``. On anything but an ``sm_90a`` compile the entry points are stubs (a trap on NVIDIA, empty on AMD),
+so the family's full SOURCE still compiles for sm_80/sm_90/gfx90a/gfx1030 and the CPU emulator never runs them.
+"""
+
+from __future__ import annotations
+
+
+def _wgmma_wrappers() -> str:
+    """Inline-PTX wrappers of the wgmma forms the kernel uses, generated (an m64nN accumulator is N/2 registers
+    per thread; writing 64-operand asm statements by hand invites typos):
+
+    - ``fuser_wgmma_ss<BF16>(d[N/2], desc_a, desc_b, accumulate)``: A and B from shared memory, both K-major;
+    - ``fuser_wgmma_rs<BF16>(d[N/2], a[4], desc_b)``: A from registers, B MN-major (transpose bit), D += A·B.
+    """
+    out = []
+    for n in (64, 128):
+        nr = n // 2
+        dl = ", ".join(f"%{i}" for i in range(nr))
+        douts = ", ".join(f'"+f"(d[{i}])' for i in range(nr))
+        for form in ("ss", "rs"):
+            branches = []
+            for ty in ("bf16", "f16"):
+                if form == "ss":
+                    body = (f"setp.ne.b32 p, %{nr + 2}, 0;\\n"
+                            f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ty}.{ty} {{{dl}}}, %{nr}, %{nr + 1}, "
+                            f"p, 1, 1, 0, 0;\\n")
+                    ins = '"l"(da), "l"(db), "r"(acc)'
+                else:
+                    body = (f"setp.ne.b32 p, %{nr + 5}, 0;\\n"
+                            f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ty}.{ty} {{{dl}}}, "
+                            f"{{%{nr}, %{nr + 1}, %{nr + 2}, %{nr + 3}}}, %{nr + 4}, p, 1, 1, 1;\\n")
+                    ins = '"r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1)'
+                branches.append(f'        asm volatile("{{\\n.reg .pred p;\\n{body}}}\\n"\n'
+                                f"                     : {douts}\n                     : {ins});")
+            sig = ("fuser_u64 da, fuser_u64 db, int acc" if form == "ss" else "const fuser_u32 (&a)[4], fuser_u64 db")
+            out.append(f"template <int BF16>\nFUSER_INLINE void fuser_wgmma_{form}(float (&d)[{nr}], {sig}) {{\n"
+                       f"    if (BF16)\n{branches[0]}\n    else\n{branches[1]}\n}}\n")
+    return "".join(out)
+
+
+# The device code. Needs attention's COMMON before it (fuser_attn_params, fuser_exp2, fuser_attn_finish, ...).
+SOURCE = r"""
+// ============================== flash_wgmma: warpgroup MMA (NVIDIA sm_90a) ==============================
+#if defined(FUSER_CUDA) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+""" + _wgmma_wrappers() + r"""
+FUSER_INLINE fuser_u32 fuser_wg_smem_u32(const void* ptr) {
+    fuser_u32 r;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(ptr));
+    return r;
+}
+FUSER_INLINE void fuser_wg_cp16(fuser_u32 dst, const void* src, int bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(dst), "l"(src), "r"(bytes) : "memory");
+}
+FUSER_INLINE void fuser_wg_cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+FUSER_INLINE void fuser_wg_cp_wait_all() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
+// cp.async writes shared memory through the generic proxy, wgmma reads it through the async proxy: each writer
+// fences its completed copies into the async proxy before the barrier that publishes them.
+FUSER_INLINE void fuser_wg_proxy_fence() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+FUSER_INLINE void fuser_wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+FUSER_INLINE void fuser_wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+template <int N> FUSER_INLINE void fuser_wg_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;" :: "n"(N) : "memory");
+}
+// wgmma reads and writes its registers asynchronously, between wgmma.fence and the wait: an empty asm that
+// "modifies" each register pins the compiler's own reads after the wait and its writes (O's rescale, P's pack)
+// before the fence. Without it ptxas finds them inside the pipeline stage and serialises the wgmmas.
+template <int N> FUSER_INLINE void fuser_wg_keep(float (&r)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i]) :: "memory");
+}
+template <int N, int M> FUSER_INLINE void fuser_wg_keep(fuser_u32 (&r)[N][M]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i)
+#pragma unroll
+        for (int j = 0; j < M; ++j) asm volatile("" : "+r"(r[i][j]) :: "memory");
+}
+template <int BF16> FUSER_INLINE fuser_u32 fuser_wg_pack2(float lo, float hi) {
+    fuser_u32 r;
+    if (BF16) asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    else asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+// A shared-memory matrix descriptor: start address, leading and stride byte offsets (each >> 4, 14 bits),
+// layout 1 = 128-byte swizzle (bits 62-63), base offset 0 (tiles start 1024-byte aligned). K-major operands
+// (Q, K): SBO = 1024 bytes between 8-row groups, LBO unused. MN-major V: SBO = 1024 between 8-key groups,
+// LBO = bytes between 64-column blocks (one block at Dv <= 64: unused).
+FUSER_INLINE fuser_u64 fuser_wg_desc(fuser_u32 addr, fuser_u32 lbo, fuser_u32 sbo) {
+    return (fuser_u64)((addr & 0x3ffffu) >> 4) | ((fuser_u64)(lbo >> 4) << 16) | ((fuser_u64)(sbo >> 4) << 32) |
+           (1ull << 62);
+}
+
+// ROWS rows of 64 halves (128 bytes; columns past the tensor's width and rows past rows_left zero-filled) into a
+// swizzled tile at dst, by NT threads: each on a fixed 16-byte column (tid % 8) and every NT/8-th row, so the
+// swizzle term (row % 8) is per-thread constant and a tile costs a few adds per chunk.
+template <int ROWS, int NT>
+FUSER_INLINE void fuser_wg_tile(fuser_u32 dst, const unsigned short* src, const unsigned short* any, fuser_i64 ld,
+                                int rows_left, bool col_ok, int tid) {
+    enum { RPP = NT / 8, PASSES = (ROWS + RPP - 1) / RPP };
+    const int lr = tid >> 3, lc = tid & 7;
+    const fuser_u32 d0 = dst + lr * 128 + ((lc ^ (lr & 7)) << 4);
+    const unsigned short* s0 = src + (fuser_i64)lr * ld + lc * 8;
+#pragma unroll
+    for (int i = 0; i < PASSES; ++i) {
+        if (ROWS % RPP == 0 || lr + i * RPP < ROWS) {
+            const bool ok = col_ok && lr + i * RPP < rows_left;
+            fuser_wg_cp16(d0 + i * RPP * 128, ok ? (const void*)(s0 + (fuser_i64)(i * RPP) * ld) : (const void*)any,
+                          ok ? 16 : 0);
+        }
+    }
+}
+
+// S = Q·Kᵀ for one tile: four k-steps of 16 over D = 64 (a 32-byte step inside the swizzled 128-byte rows is a
+// +2 on the descriptors' start-address field). The first step overwrites the accumulators.
+template <int BF16, int NR>
+FUSER_INLINE void fuser_wg_qk(float (&s)[NR], fuser_u64 dq, fuser_u64 dk) {
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) fuser_wgmma_ss<BF16>(s, dq + 2 * kk, dk + 2 * kk, kk > 0);
+}
+
+// O += P·V for one tile: P's A-fragments (16 keys per k-step), V's k-step kk is 16 rows = 2048 bytes further.
+template <int BF16, int KS>
+FUSER_INLINE void fuser_wg_pv(float (&o)[32], const fuser_u32 (&pa)[KS][4], fuser_u64 dv) {
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk) fuser_wgmma_rs<BF16>(o, pa[kk], dv + (fuser_u64)(kk * 128));
+}
+
+// One tile of the online softmax on the S accumulators (NN chunks of 8 keys: element 4n + 2hr + e is row
+// row0 + 8hr, key k0 + 8n + 2t + e). Raw dot products become unnormalised probabilities against the running
+// max; alpha is the factor O must be scaled by. A full tile (every key valid and visible) with a positive scale
+// takes the max on the raw dot products and exp2(x * scale*log2e - m): one FFMA per score.
+template <int NN>
+FUSER_INLINE void fuser_wg_softmax(float (&s)[NN * 4], float (&m_r)[2], float (&l_r)[2], float (&alpha)[2],
+                                   bool full, float sl, int causal, int skv, int row0, int k0, int t) {
+    const bool fold = full && sl > 0.0f;
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+        const int row = row0 + 8 * hr;
+        if (!fold) {
+#pragma unroll
+            for (int n = 0; n < NN; ++n)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int j = k0 + 8 * n + 2 * t + e;
+                    const float x = s[4 * n + 2 * hr + e] * sl;
+                    s[4 * n + 2 * hr + e] = (j >= skv || (causal && j > row)) ? FUSER_NEG_INF : x;
+                }
+        }
+        float mq[NN];
+#pragma unroll
+        for (int n = 0; n < NN; ++n) mq[n] = fmaxf(s[4 * n + 2 * hr], s[4 * n + 2 * hr + 1]);
+#pragma unroll
+        for (int w = 1; w < NN; w *= 2)
+#pragma unroll
+            for (int n = 0; n + w < NN; n += 2 * w) mq[n] = fmaxf(mq[n], mq[n + w]);
+        float mx = mq[0];
+        mx = fmaxf(mx, fuser_shfl_xor(mx, 1));
+        mx = fmaxf(mx, fuser_shfl_xor(mx, 2));
+        if (fold) mx *= sl;
+        const float mn = fmaxf(m_r[hr], mx);
+        const float mu = mn == FUSER_NEG_INF ? 0.0f : mn;
+        alpha[hr] = fuser_exp2(m_r[hr] - mu);
+        float rs0 = 0.0f, rs1 = 0.0f;
+#pragma unroll
+        for (int n = 0; n < NN; ++n) {
+            const float x0 = s[4 * n + 2 * hr], x1 = s[4 * n + 2 * hr + 1];
+            const float p0 = fuser_exp2(fold ? fmaf(x0, sl, -mu) : x0 - mu);
+            const float p1 = fuser_exp2(fold ? fmaf(x1, sl, -mu) : x1 - mu);
+            s[4 * n + 2 * hr] = p0;
+            s[4 * n + 2 * hr + 1] = p1;
+            rs0 += p0;
+            rs1 += p1;
+        }
+        float rs = rs0 + rs1;
+        rs += fuser_shfl_xor(rs, 1);
+        rs += fuser_shfl_xor(rs, 2);
+        l_r[hr] = l_r[hr] * alpha[hr] + rs;
+        m_r[hr] = mn;
+    }
+}
+
+// The probabilities as wgmma A-fragments: k-step kk covers keys 16kk..16kk+15, i.e. accumulator chunks 2kk
+// (registers a0: row g, a1: row g+8) and 2kk+1 (a2, a3).
+template <int BF16, int NN>
+FUSER_INLINE void fuser_wg_pack(fuser_u32 (&pa)[NN / 2][4], const float (&s)[NN * 4]) {
+#pragma unroll
+    for (int kk = 0; kk < NN / 2; ++kk) {
+        pa[kk][0] = fuser_wg_pack2<BF16>(s[8 * kk + 0], s[8 * kk + 1]);
+        pa[kk][1] = fuser_wg_pack2<BF16>(s[8 * kk + 2], s[8 * kk + 3]);
+        pa[kk][2] = fuser_wg_pack2<BF16>(s[8 * kk + 4], s[8 * kk + 5]);
+        pa[kk][3] = fuser_wg_pack2<BF16>(s[8 * kk + 6], s[8 * kk + 7]);
+    }
+}
+
+FUSER_INLINE void fuser_wg_rescale(float (&o)[32], const float (&alpha)[2]) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        o[4 * j] *= alpha[0]; o[4 * j + 1] *= alpha[0];
+        o[4 * j + 2] *= alpha[1]; o[4 * j + 3] *= alpha[1];
+    }
+}
+
+template <int BF16, int NWG, int BC, int PIPE>
+FUSER_INLINE void fuser_attn_wgmma(const fuser_attn_params& p) {
+    enum { NT = 128 * NWG, BR = 64 * NWG, NS = PIPE ? 3 : 2, NN = BC / 8, KS = BC / 16, TILE = BC * 128 };
+    extern __shared__ __align__(1024) unsigned char fuser_wg_smem[];
+    // Q [BR][64], then NS stages of K [BC][64], then NS of V; the host adds 1024 bytes for this alignment
+    const fuser_u32 s_q = (fuser_wg_smem_u32(fuser_wg_smem) + 1023u) & ~1023u;
+    const fuser_u32 s_k = s_q + BR * 128, s_v = s_k + NS * TILE;
+    const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    // causal: the heaviest query blocks (the last) first, so the short ones fill the tail of the grid
+    const int mb = p.causal ? (int)gridDim.x - 1 - (int)blockIdx.x : (int)blockIdx.x;
+    const int b = blockIdx.z, h = blockIdx.y, q0 = mb * BR;
+    const int hk = h / (p.H / p.Hkv);
+    const unsigned short* q = (const unsigned short*)p.q + (fuser_i64)b * p.q_sb + (fuser_i64)h * p.q_sh;
+    const unsigned short* k = (const unsigned short*)p.k + (fuser_i64)b * p.k_sb + (fuser_i64)hk * p.k_sh;
+    const unsigned short* v = (const unsigned short*)p.v + (fuser_i64)b * p.v_sb + (fuser_i64)hk * p.v_sh;
+    unsigned short* o = (unsigned short*)p.o + (fuser_i64)b * p.o_sb + (fuser_i64)h * p.o_sh;
+    const bool dok = (tid & 7) * 8 < p.D, vok = (tid & 7) * 8 < p.Dv;
+    int ntiles = (p.Skv + BC - 1) / BC;
+    if (p.causal) {
+        const int last = (q0 + BR < p.Sq ? q0 + BR : p.Sq) - 1;
+        const int lim = last / BC + 1;
+        ntiles = ntiles < lim ? ntiles : lim;
+    }
+    fuser_wg_tile<BR, NT>(s_q, q + (fuser_i64)q0 * p.q_ss, q, p.q_ss, p.Sq - q0, dok, tid);
+    if (ntiles > 0) {
+        fuser_wg_tile<BC, NT>(s_k, k, k, p.k_ss, p.Skv, dok, tid);
+        fuser_wg_tile<BC, NT>(s_v, v, v, p.v_ss, p.Skv, vok, tid);
+    }
+    fuser_wg_cp_commit();
+    const int qw0 = q0 + wg * 64;                 // this warpgroup's first query row
+    const int row0 = qw0 + warp * 16 + g;         // this thread's rows: row0 and row0 + 8
+    const float sl = p.scale * FUSER_LOG2E;
+    const fuser_u64 dq = fuser_wg_desc(s_q + wg * 64 * 128, 16, 1024);
+    const fuser_u64 dk0 = fuser_wg_desc(s_k, 16, 1024), dv0 = fuser_wg_desc(s_v, TILE, 1024);
+    float oacc[32];
+#pragma unroll
+    for (int i = 0; i < 32; ++i) oacc[i] = 0.0f;
+    float m_r[2] = {FUSER_NEG_INF, FUSER_NEG_INF}, l_r[2] = {0.0f, 0.0f};
+    if (!PIPE) {
+        for (int kt = 0; kt < ntiles; ++kt) {
+            const int st = kt & 1, k0 = kt * BC;
+            fuser_wg_cp_wait_all();
+            fuser_wg_proxy_fence();
+            __syncthreads();  // tile kt visible; every warpgroup is done with tile kt-1's stage
+            if (kt + 1 < ntiles) {
+                const int n0 = k0 + BC;
+                fuser_wg_tile<BC, NT>(s_k + (st ^ 1) * TILE, k + (fuser_i64)n0 * p.k_ss, k, p.k_ss, p.Skv - n0, dok,
+                                      tid);
+                fuser_wg_tile<BC, NT>(s_v + (st ^ 1) * TILE, v + (fuser_i64)n0 * p.v_ss, v, p.v_ss, p.Skv - n0, vok,
+                                      tid);
+                fuser_wg_cp_commit();
+            }
+            float s[NN * 4];
+            fuser_wg_fence();
+            fuser_wg_qk<BF16>(s, dq, dk0 + (fuser_u64)(st * (TILE >> 4)));
+            fuser_wg_commit();
+            fuser_wg_wait<0>();
+            fuser_wg_keep(s);
+            const bool full = k0 + BC <= p.Skv && (!p.causal || k0 + BC - 1 <= qw0);
+            float alpha[2];
+            fuser_wg_softmax<NN>(s, m_r, l_r, alpha, full, sl, p.causal, p.Skv, row0, k0, t);
+            fuser_wg_rescale(oacc, alpha);
+            fuser_u32 pa[KS][4];
+            fuser_wg_pack<BF16, NN>(pa, s);
+            fuser_wg_keep(oacc);
+            fuser_wg_keep(pa);
+            fuser_wg_fence();
+            fuser_wg_pv<BF16, KS>(oacc, pa, dv0 + (fuser_u64)(st * (TILE >> 4)));
+            fuser_wg_commit();
+            fuser_wg_wait<0>();
+            fuser_wg_keep(oacc);
+        }
+    } else if (ntiles > 0) {
+        // tile 0: S and its softmax only; its P·V is issued with tile 1's S
+        fuser_u32 pa[KS][4];
+        {
+            fuser_wg_cp_wait_all();
+            fuser_wg_proxy_fence();
+            __syncthreads();
+            if (1 < ntiles) {
+                fuser_wg_tile<BC, NT>(s_k + TILE, k + (fuser_i64)BC * p.k_ss, k, p.k_ss, p.Skv - BC, dok, tid);
+                fuser_wg_tile<BC, NT>(s_v + TILE, v + (fuser_i64)BC * p.v_ss, v, p.v_ss, p.Skv - BC, vok, tid);
+                fuser_wg_cp_commit();
+            }
+            float s[NN * 4];
+            fuser_wg_fence();
+            fuser_wg_qk<BF16>(s, dq, dk0);
+            fuser_wg_commit();
+            fuser_wg_wait<0>();
+            fuser_wg_keep(s);
+            const bool full = BC <= p.Skv && (!p.causal || BC - 1 <= qw0);
+            float alpha[2];
+            fuser_wg_softmax<NN>(s, m_r, l_r, alpha, full, sl, p.causal, p.Skv, row0, 0, t);
+            fuser_wg_pack<BF16, NN>(pa, s);
+        }
+        int sp = 0, st = 1;  // stages of tiles kt-1 and kt
+        for (int kt = 1; kt < ntiles; ++kt) {
+            const int k0 = kt * BC;
+            const int sn = st == 2 ? 0 : st + 1;  // stage of tile kt+1 (that of kt-2: free after the barrier)
+            fuser_wg_cp_wait_all();
+            fuser_wg_proxy_fence();
+            __syncthreads();
+            if (kt + 1 < ntiles) {
+                const int n0 = k0 + BC;
+                fuser_wg_tile<BC, NT>(s_k + sn * TILE, k + (fuser_i64)n0 * p.k_ss, k, p.k_ss, p.Skv - n0, dok, tid);
+                fuser_wg_tile<BC, NT>(s_v + sn * TILE, v + (fuser_i64)n0 * p.v_ss, v, p.v_ss, p.Skv - n0, vok, tid);
+                fuser_wg_cp_commit();
+            }
+            float s[NN * 4];
+            fuser_wg_keep(oacc);
+            fuser_wg_keep(pa);
+            fuser_wg_fence();
+            fuser_wg_qk<BF16>(s, dq, dk0 + (fuser_u64)(st * (TILE >> 4)));
+            fuser_wg_commit();
+            fuser_wg_pv<BF16, KS>(oacc, pa, dv0 + (fuser_u64)(sp * (TILE >> 4)));
+            fuser_wg_commit();
+            fuser_wg_wait<1>();  // S(kt) done; P(kt-1)·V(kt-1) may still run
+            fuser_wg_keep(s);
+            const bool full = k0 + BC <= p.Skv && (!p.causal || k0 + BC - 1 <= qw0);
+            float alpha[2];
+            fuser_wg_softmax<NN>(s, m_r, l_r, alpha, full, sl, p.causal, p.Skv, row0, k0, t);
+            fuser_u32 pn[KS][4];
+            fuser_wg_pack<BF16, NN>(pn, s);
+            fuser_wg_wait<0>();
+            fuser_wg_keep(oacc);
+            fuser_wg_keep(pa);  // P(kt-1) is read until here: P(kt) must not be packed into its registers
+            fuser_wg_rescale(oacc, alpha);
+#pragma unroll
+            for (int kk = 0; kk < KS; ++kk)
+#pragma unroll
+                for (int r = 0; r < 4; ++r) pa[kk][r] = pn[kk][r];
+            sp = st;
+            st = sn;
+        }
+        fuser_wg_keep(oacc);
+        fuser_wg_keep(pa);
+        fuser_wg_fence();
+        fuser_wg_pv<BF16, KS>(oacc, pa, dv0 + (fuser_u64)(sp * (TILE >> 4)));
+        fuser_wg_commit();
+        fuser_wg_wait<0>();
+        fuser_wg_keep(oacc);
+    }
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+        const int row = row0 + 8 * hr;
+        if (row >= p.Sq) continue;
+        unsigned short* orow = o + (fuser_i64)row * p.o_ss;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const int col = 8 * j + 2 * t;
+            if (col < p.Dv) {
+                const float a = fuser_attn_finish(oacc[4 * j + 2 * hr], l_r[hr], p.nan_zero);
+                const float c = fuser_attn_finish(oacc[4 * j + 2 * hr + 1], l_r[hr], p.nan_zero);
+                *reinterpret_cast<fuser_u32*>(orow + col) = fuser_wg_pack2<BF16>(a, c);
+            }
+        }
+    }
+}
+#endif  // sm_90a
+"""
+
+# Entry points: NWG warpgroups (64 query rows each), BC keys per tile, PIPE (intra-warpgroup overlap), and the
+# minimum blocks per SM the register allocation is held to.
+ENTRY_MACROS = r"""
+#if defined(FUSER_CUDA) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define FUSER_ATTN_WG(NAME, BF16, NWG, BC, PIPE, MINB)                                                   \
+    FUSER_GLOBAL void __launch_bounds__(128 * NWG, MINB) NAME(const fuser_attn_params p) {                  \
+        fuser_attn_wgmma<BF16, NWG, BC, PIPE>(p);                                                        \
+    }
+#elif defined(FUSER_CUDA)
+// not an sm_90a compile: wgmma does not exist here; the launch rule never picks these entries
+#define FUSER_ATTN_WG(NAME, BF16, NWG, BC, PIPE, MINB)                                                   \
+    FUSER_GLOBAL void NAME(const fuser_attn_params p) { asm volatile("trap;"); }
+#else
+#define FUSER_ATTN_WG(NAME, BF16, NWG, BC, PIPE, MINB) FUSER_GLOBAL void NAME(const fuser_attn_params p) {}
+#endif
+"""
+
+# variant -> (warpgroups, keys per tile, pipelined, min blocks per SM)
+WG_VARIANTS: dict[str, tuple[int, int, int, int]] = {
+    "2n64": (2, 64, 0, 2),
+    "2n64p": (2, 64, 1, 2),
+    "1n64p": (1, 64, 1, 4),
+    "1n128p": (1, 128, 1, 2),
+    "3n64p": (3, 64, 1, 1),
+    "3n128p": (3, 128, 1, 1),
+}
+WG_DEFAULT = "2n64p"   # measured on H200: see BENCHMARKS.md
+
+
+def entries_source(sfx: str) -> str:
+    bf16 = 1 if sfx == "bf16" else 0
+    return "".join(f"FUSER_ATTN_WG(fuser_attn_wg{v}_{sfx}, {bf16}, {nwg}, {bc}, {pipe}, {minb})\n"
+                   for v, (nwg, bc, pipe, minb) in WG_VARIANTS.items())
+
+
+def source_for(common: str, sfx: str) -> str:
+    """The module a runner compiles for sm_90a: attention's common code, this tactic, one dtype's entries."""
+    return common + SOURCE + ENTRY_MACROS + entries_source(sfx)
+
+
+VARIANTS: list[str] = [f"fuser_attn_wg{v}_{s}" for s in ("f16", "bf16") for v in WG_VARIANTS]
+
+
+def smem_bytes(variant: str) -> int:
+    nwg, bc, pipe, _ = WG_VARIANTS[variant]
+    ns = 3 if pipe else 2
+    return 64 * nwg * 128 + 2 * ns * bc * 128 + 1024  # Q, K and V stages, 1024 for the alignment
+
+
+def supported(backend_name: str, arch: str, half: bool, d: int, dv: int, aligned: bool, nterms: int) -> bool:
+    """Whether flash_wgmma takes this case: NVIDIA compute capability 9.0 (the sm_90a target), fp16/bf16, head dims
+    up to 64 in multiples of 8, 16-byte aligned rows, no score terms (causal is fine)."""
+    return (backend_name == "cuda" and arch == "sm_90" and half and 0 < d <= 64 and 0 < dv <= 64 and d % 8 == 0
+            and dv % 8 == 0 and aligned and nterms == 0)
+
+
+def plan(variant: str = "") -> dict:
+    v = variant or WG_DEFAULT
+    if v not in WG_VARIANTS:
+        raise ValueError(f"unknown flash_wgmma variant {v!r}; known: {', '.join(WG_VARIANTS)}")
+    nwg = WG_VARIANTS[v][0]
+    return {"tactic": "flash_wgmma", "family": f"wg{v}", "threads": 128 * nwg, "rows": 64 * nwg,
+            "smem": smem_bytes(v)}
