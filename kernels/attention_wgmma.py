@@ -39,7 +39,10 @@ def _wgmma_wrappers() -> str:
     per thread; writing 64-operand asm statements by hand invites typos):
 
     - ``fuser_wgmma_ss<BF16>(d[N/2], desc_a, desc_b, accumulate)``: A and B from shared memory, both K-major;
-    - ``fuser_wgmma_rs<BF16>(d[N/2], a[4], desc_b)``: A from registers, B MN-major (transpose bit), D += A·B.
+    - ``fuser_wgmma_rs<BF16, TB>(d[N/2], a[4], desc_b, accumulate)``: A from registers; B K-major (TB = 0) or
+      MN-major (TB = 1, the transpose bit).
+
+    ``accumulate`` = 0 overwrites D (the scale-d predicate), else D += A·B.
     """
     out = []
     for n in (64, 128):
@@ -57,13 +60,17 @@ def _wgmma_wrappers() -> str:
                 else:
                     body = (f"setp.ne.b32 p, %{nr + 5}, 0;\\n"
                             f"wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ty}.{ty} {{{dl}}}, "
-                            f"{{%{nr}, %{nr + 1}, %{nr + 2}, %{nr + 3}}}, %{nr + 4}, p, 1, 1, 1;\\n")
-                    ins = '"r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1)'
+                            f"{{%{nr}, %{nr + 1}, %{nr + 2}, %{nr + 3}}}, %{nr + 4}, p, 1, 1, %{nr + 6};\\n")
+                    ins = '"r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(acc), "n"(TB)'
                 branches.append(f'        asm volatile("{{\\n.reg .pred p;\\n{body}}}\\n"\n'
                                 f"                     : {douts}\n                     : {ins});")
-            sig = ("fuser_u64 da, fuser_u64 db, int acc" if form == "ss" else "const fuser_u32 (&a)[4], fuser_u64 db")
-            out.append(f"template <int BF16>\nFUSER_INLINE void fuser_wgmma_{form}(float (&d)[{nr}], {sig}) {{\n"
-                       f"    if (BF16)\n{branches[0]}\n    else\n{branches[1]}\n}}\n")
+            if form == "ss":
+                head = f"template <int BF16>\nFUSER_INLINE void fuser_wgmma_ss(float (&d)[{nr}], fuser_u64 da, " \
+                       "fuser_u64 db, int acc) {\n"
+            else:
+                head = f"template <int BF16, int TB>\nFUSER_INLINE void fuser_wgmma_rs(float (&d)[{nr}], " \
+                       "const fuser_u32 (&a)[4], fuser_u64 db, int acc) {\n"
+            out.append(f"{head}    if (BF16)\n{branches[0]}\n    else\n{branches[1]}\n}}\n")
     return "".join(out)
 
 
@@ -139,26 +146,46 @@ FUSER_INLINE void fuser_wg_tile(fuser_u32 dst, const unsigned short* src, const 
     }
 }
 
-// S = Q·Kᵀ for one tile: four k-steps of 16 over D = 64 (a 32-byte step inside the swizzled 128-byte rows is a
-// +2 on the descriptors' start-address field). The first step overwrites the accumulators.
-template <int BF16, int NR>
-FUSER_INLINE void fuser_wg_qk(float (&s)[NR], fuser_u64 dq, fuser_u64 dk) {
+// S = Q·Kᵀ for one tile, four k-steps of 16 over D = 64 (a 32-byte step inside the swizzled 128-byte rows is +2
+// on a descriptor's start-address field); the first step overwrites the accumulators. QR: Q from registers (its
+// A-fragments, loaded once), else from shared memory through a descriptor like K.
+template <int BF16, int QR, int NR>
+FUSER_INLINE void fuser_wg_qk(float (&s)[NR], const fuser_u32 (&qf)[4][4], fuser_u64 dq, fuser_u64 dk) {
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) fuser_wgmma_ss<BF16>(s, dq + 2 * kk, dk + 2 * kk, kk > 0);
+    for (int kk = 0; kk < 4; ++kk) {
+        if (QR) fuser_wgmma_rs<BF16, 0>(s, qf[kk], dk + 2 * kk, kk > 0);
+        else fuser_wgmma_ss<BF16>(s, dq + 2 * kk, dk + 2 * kk, kk > 0);
+    }
 }
 
 // O += P·V for one tile: P's A-fragments (16 keys per k-step), V's k-step kk is 16 rows = 2048 bytes further.
 template <int BF16, int KS>
 FUSER_INLINE void fuser_wg_pv(float (&o)[32], const fuser_u32 (&pa)[KS][4], fuser_u64 dv) {
 #pragma unroll
-    for (int kk = 0; kk < KS; ++kk) fuser_wgmma_rs<BF16>(o, pa[kk], dv + (fuser_u64)(kk * 128));
+    for (int kk = 0; kk < KS; ++kk) fuser_wgmma_rs<BF16, 1>(o, pa[kk], dv + (fuser_u64)(kk * 128), 1);
+}
+
+// 2^x for x <= 0 on the FMA pipe (the special-function unit does 16 exponentials per clock per SM, as many as
+// the tensor cores need at head dim 64, so the busiest phase of the softmax is MUFU-bound): x = j + f with
+// j = round(x) (the 1.5 * 2^23 trick puts j in the low mantissa bits), f in [-0.5, 0.5]; 2^f by a degree-3
+// fit (relative error 7.7e-5, under fp16's rounding of P), j added to the exponent field.
+FUSER_INLINE float fuser_wg_exp2_fma(float x) {
+    x = fmaxf(x, -126.0f);
+    const float r = x + 12582912.0f;
+    const float f = x - (r - 12582912.0f);
+    float y = fmaf(0.05508876592f, f, 0.24260465801f);
+    y = fmaf(y, f, 0.69327628613f);
+    y = fmaf(y, f, 0.99992889166f);
+    return __int_as_float(__float_as_int(y) + (__float_as_int(r) << 23));
 }
 
 // One tile of the online softmax on the S accumulators (NN chunks of 8 keys: element 4n + 2hr + e is row
 // row0 + 8hr, key k0 + 8n + 2t + e). Raw dot products become unnormalised probabilities against the running
 // max; alpha is the factor O must be scaled by. A full tile (every key valid and visible) with a positive scale
-// takes the max on the raw dot products and exp2(x * scale*log2e - m): one FFMA per score.
-template <int NN>
+// takes the max on the raw dot products and exp2(x * scale*log2e - m): one FFMA per score. l_r holds this
+// thread's partial row sums (its 2 columns of each chunk; alpha is the same across the quad), reduced at the end.
+// EP: on full tiles, the first EP chunks of 8 keys take their exponentials on the FMA pipe (fuser_wg_exp2_fma).
+template <int NN, int EP>
 FUSER_INLINE void fuser_wg_softmax(float (&s)[NN * 4], float (&m_r)[2], float (&l_r)[2], float (&alpha)[2],
                                    bool full, float sl, int causal, int skv, int row0, int k0, int t) {
     const bool fold = full && sl > 0.0f;
@@ -193,17 +220,20 @@ FUSER_INLINE void fuser_wg_softmax(float (&s)[NN * 4], float (&m_r)[2], float (&
 #pragma unroll
         for (int n = 0; n < NN; ++n) {
             const float x0 = s[4 * n + 2 * hr], x1 = s[4 * n + 2 * hr + 1];
-            const float p0 = fuser_exp2(fold ? fmaf(x0, sl, -mu) : x0 - mu);
-            const float p1 = fuser_exp2(fold ? fmaf(x1, sl, -mu) : x1 - mu);
+            float p0, p1;
+            if (n < EP && fold) {
+                p0 = fuser_wg_exp2_fma(fmaf(x0, sl, -mu));
+                p1 = fuser_wg_exp2_fma(fmaf(x1, sl, -mu));
+            } else {
+                p0 = fuser_exp2(fold ? fmaf(x0, sl, -mu) : x0 - mu);
+                p1 = fuser_exp2(fold ? fmaf(x1, sl, -mu) : x1 - mu);
+            }
             s[4 * n + 2 * hr] = p0;
             s[4 * n + 2 * hr + 1] = p1;
             rs0 += p0;
             rs1 += p1;
         }
-        float rs = rs0 + rs1;
-        rs += fuser_shfl_xor(rs, 1);
-        rs += fuser_shfl_xor(rs, 2);
-        l_r[hr] = l_r[hr] * alpha[hr] + rs;
+        l_r[hr] = fmaf(l_r[hr], alpha[hr], rs0 + rs1);
         m_r[hr] = mn;
     }
 }
@@ -229,7 +259,7 @@ FUSER_INLINE void fuser_wg_rescale(float (&o)[32], const float (&alpha)[2]) {
     }
 }
 
-template <int BF16, int NWG, int BC, int PIPE>
+template <int BF16, int NWG, int BC, int PIPE, int QR, int EP>
 FUSER_INLINE void fuser_attn_wgmma(const fuser_attn_params& p) {
     enum { NT = 128 * NWG, BR = 64 * NWG, NS = PIPE ? 3 : 2, NN = BC / 8, KS = BC / 16, TILE = BC * 128 };
     extern __shared__ __align__(1024) unsigned char fuser_wg_smem[];
@@ -263,6 +293,18 @@ FUSER_INLINE void fuser_attn_wgmma(const fuser_attn_params& p) {
     const float sl = p.scale * FUSER_LOG2E;
     const fuser_u64 dq = fuser_wg_desc(s_q + wg * 64 * 128, 16, 1024);
     const fuser_u64 dk0 = fuser_wg_desc(s_k, 16, 1024), dv0 = fuser_wg_desc(s_v, TILE, 1024);
+    fuser_u32 qf[4][4];
+    if (QR) {  // Q's A-fragments once: ldmatrix.x4 of rows 16w..16w+15, 16-byte chunks 2kk and 2kk+1 (swizzled)
+        fuser_wg_cp_wait_all();
+        __syncthreads();
+        const int r = wg * 64 + warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+            const fuser_u32 addr = s_q + r * 128 + (((2 * kk + (lane >> 4)) ^ (lane & 7)) << 4);
+            asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                         : "=r"(qf[kk][0]), "=r"(qf[kk][1]), "=r"(qf[kk][2]), "=r"(qf[kk][3]) : "r"(addr));
+        }
+    }
     float oacc[32];
 #pragma unroll
     for (int i = 0; i < 32; ++i) oacc[i] = 0.0f;
@@ -283,13 +325,13 @@ FUSER_INLINE void fuser_attn_wgmma(const fuser_attn_params& p) {
             }
             float s[NN * 4];
             fuser_wg_fence();
-            fuser_wg_qk<BF16>(s, dq, dk0 + (fuser_u64)(st * (TILE >> 4)));
+            fuser_wg_qk<BF16, QR>(s, qf, dq, dk0 + (fuser_u64)(st * (TILE >> 4)));
             fuser_wg_commit();
             fuser_wg_wait<0>();
             fuser_wg_keep(s);
             const bool full = k0 + BC <= p.Skv && (!p.causal || k0 + BC - 1 <= qw0);
             float alpha[2];
-            fuser_wg_softmax<NN>(s, m_r, l_r, alpha, full, sl, p.causal, p.Skv, row0, k0, t);
+            fuser_wg_softmax<NN, EP>(s, m_r, l_r, alpha, full, sl, p.causal, p.Skv, row0, k0, t);
             fuser_wg_rescale(oacc, alpha);
             fuser_u32 pa[KS][4];
             fuser_wg_pack<BF16, NN>(pa, s);
@@ -315,13 +357,13 @@ FUSER_INLINE void fuser_attn_wgmma(const fuser_attn_params& p) {
             }
             float s[NN * 4];
             fuser_wg_fence();
-            fuser_wg_qk<BF16>(s, dq, dk0);
+            fuser_wg_qk<BF16, QR>(s, qf, dq, dk0);
             fuser_wg_commit();
             fuser_wg_wait<0>();
             fuser_wg_keep(s);
             const bool full = BC <= p.Skv && (!p.causal || BC - 1 <= qw0);
             float alpha[2];
-            fuser_wg_softmax<NN>(s, m_r, l_r, alpha, full, sl, p.causal, p.Skv, row0, 0, t);
+            fuser_wg_softmax<NN, EP>(s, m_r, l_r, alpha, full, sl, p.causal, p.Skv, row0, 0, t);
             fuser_wg_pack<BF16, NN>(pa, s);
         }
         int sp = 0, st = 1;  // stages of tiles kt-1 and kt
@@ -341,7 +383,7 @@ FUSER_INLINE void fuser_attn_wgmma(const fuser_attn_params& p) {
             fuser_wg_keep(oacc);
             fuser_wg_keep(pa);
             fuser_wg_fence();
-            fuser_wg_qk<BF16>(s, dq, dk0 + (fuser_u64)(st * (TILE >> 4)));
+            fuser_wg_qk<BF16, QR>(s, qf, dq, dk0 + (fuser_u64)(st * (TILE >> 4)));
             fuser_wg_commit();
             fuser_wg_pv<BF16, KS>(oacc, pa, dv0 + (fuser_u64)(sp * (TILE >> 4)));
             fuser_wg_commit();
@@ -349,17 +391,12 @@ FUSER_INLINE void fuser_attn_wgmma(const fuser_attn_params& p) {
             fuser_wg_keep(s);
             const bool full = k0 + BC <= p.Skv && (!p.causal || k0 + BC - 1 <= qw0);
             float alpha[2];
-            fuser_wg_softmax<NN>(s, m_r, l_r, alpha, full, sl, p.causal, p.Skv, row0, k0, t);
-            fuser_u32 pn[KS][4];
-            fuser_wg_pack<BF16, NN>(pn, s);
+            fuser_wg_softmax<NN, EP>(s, m_r, l_r, alpha, full, sl, p.causal, p.Skv, row0, k0, t);
             fuser_wg_wait<0>();
             fuser_wg_keep(oacc);
-            fuser_wg_keep(pa);  // P(kt-1) is read until here: P(kt) must not be packed into its registers
+            fuser_wg_keep(pa);  // P(kt-1) is read until here: P(kt) is packed into its registers after it
             fuser_wg_rescale(oacc, alpha);
-#pragma unroll
-            for (int kk = 0; kk < KS; ++kk)
-#pragma unroll
-                for (int r = 0; r < 4; ++r) pa[kk][r] = pn[kk][r];
+            fuser_wg_pack<BF16, NN>(pa, s);
             sp = st;
             st = sn;
         }
@@ -374,14 +411,17 @@ FUSER_INLINE void fuser_attn_wgmma(const fuser_attn_params& p) {
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
         const int row = row0 + 8 * hr;
+        float l = l_r[hr];
+        l += fuser_shfl_xor(l, 1);
+        l += fuser_shfl_xor(l, 2);
         if (row >= p.Sq) continue;
         unsigned short* orow = o + (fuser_i64)row * p.o_ss;
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
             const int col = 8 * j + 2 * t;
             if (col < p.Dv) {
-                const float a = fuser_attn_finish(oacc[4 * j + 2 * hr], l_r[hr], p.nan_zero);
-                const float c = fuser_attn_finish(oacc[4 * j + 2 * hr + 1], l_r[hr], p.nan_zero);
+                const float a = fuser_attn_finish(oacc[4 * j + 2 * hr], l, p.nan_zero);
+                const float c = fuser_attn_finish(oacc[4 * j + 2 * hr + 1], l, p.nan_zero);
                 *reinterpret_cast<fuser_u32*>(orow + col) = fuser_wg_pack2<BF16>(a, c);
             }
         }
@@ -390,39 +430,42 @@ FUSER_INLINE void fuser_attn_wgmma(const fuser_attn_params& p) {
 #endif  // sm_90a
 """
 
-# Entry points: NWG warpgroups (64 query rows each), BC keys per tile, PIPE (intra-warpgroup overlap), and the
-# minimum blocks per SM the register allocation is held to.
+# Entry points: NWG warpgroups (64 query rows each), BC keys per tile, PIPE (intra-warpgroup overlap), QR (Q from
+# registers in S = Q·Kᵀ, else from shared memory), EP (chunks of 8 keys per row whose exponentials run on the FMA
+# pipe on full tiles), and the minimum blocks per SM the registers are held to.
 ENTRY_MACROS = r"""
 #if defined(FUSER_CUDA) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define FUSER_ATTN_WG(NAME, BF16, NWG, BC, PIPE, MINB)                                                   \
+#define FUSER_ATTN_WG(NAME, BF16, NWG, BC, PIPE, QR, EP, MINB)                                           \
     FUSER_GLOBAL void __launch_bounds__(128 * NWG, MINB) NAME(const fuser_attn_params p) {                  \
-        fuser_attn_wgmma<BF16, NWG, BC, PIPE>(p);                                                        \
+        fuser_attn_wgmma<BF16, NWG, BC, PIPE, QR, EP>(p);                                                \
     }
 #elif defined(FUSER_CUDA)
 // not an sm_90a compile: wgmma does not exist here; the launch rule never picks these entries
-#define FUSER_ATTN_WG(NAME, BF16, NWG, BC, PIPE, MINB)                                                   \
+#define FUSER_ATTN_WG(NAME, BF16, NWG, BC, PIPE, QR, EP, MINB)                                           \
     FUSER_GLOBAL void NAME(const fuser_attn_params p) { asm volatile("trap;"); }
 #else
-#define FUSER_ATTN_WG(NAME, BF16, NWG, BC, PIPE, MINB) FUSER_GLOBAL void NAME(const fuser_attn_params p) {}
+#define FUSER_ATTN_WG(NAME, BF16, NWG, BC, PIPE, QR, EP, MINB) FUSER_GLOBAL void NAME(const fuser_attn_params p) {}
 #endif
 """
 
-# variant -> (warpgroups, keys per tile, pipelined, min blocks per SM)
-WG_VARIANTS: dict[str, tuple[int, int, int, int]] = {
-    "2n64": (2, 64, 0, 2),
-    "2n64p": (2, 64, 1, 2),
-    "1n64p": (1, 64, 1, 4),
-    "1n128p": (1, 128, 1, 2),
-    "3n64p": (3, 64, 1, 1),
-    "3n128p": (3, 128, 1, 1),
+# variant -> (warpgroups, keys per tile, pipelined, Q in registers, FMA-pipe exponential chunks, min blocks per SM)
+WG_VARIANTS: dict[str, tuple[int, int, int, int, int, int]] = {
+    "2n64p": (2, 64, 1, 0, 0, 2),
+    "2n64q": (2, 64, 0, 1, 0, 2),
+    "2n64pq": (2, 64, 1, 1, 0, 2),
+    "2n64pqe": (2, 64, 1, 1, 2, 2),
+    "1n64pq": (1, 64, 1, 1, 0, 4),
+    "3n64pq": (3, 64, 1, 1, 0, 1),
+    "3n64pqe": (3, 64, 1, 1, 2, 1),
+    "2n128pq": (2, 128, 1, 1, 0, 1),
 }
 WG_DEFAULT = "2n64p"   # measured on H200: see BENCHMARKS.md
 
 
 def entries_source(sfx: str) -> str:
     bf16 = 1 if sfx == "bf16" else 0
-    return "".join(f"FUSER_ATTN_WG(fuser_attn_wg{v}_{sfx}, {bf16}, {nwg}, {bc}, {pipe}, {minb})\n"
-                   for v, (nwg, bc, pipe, minb) in WG_VARIANTS.items())
+    return "".join(f"FUSER_ATTN_WG(fuser_attn_wg{v}_{sfx}, {bf16}, {', '.join(map(str, cfg))})\n"
+                   for v, cfg in WG_VARIANTS.items())
 
 
 def source_for(common: str, sfx: str) -> str:
@@ -434,7 +477,7 @@ VARIANTS: list[str] = [f"fuser_attn_wg{v}_{s}" for s in ("f16", "bf16") for v in
 
 
 def smem_bytes(variant: str) -> int:
-    nwg, bc, pipe, _ = WG_VARIANTS[variant]
+    nwg, bc, pipe = WG_VARIANTS[variant][:3]
     ns = 3 if pipe else 2
     return 64 * nwg * 128 + 2 * ns * bc * 128 + 1024  # Q, K and V stages, 1024 for the alignment
 

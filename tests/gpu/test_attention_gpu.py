@@ -92,7 +92,8 @@ def check(be, dtype: str, tactic: str, b: int, h: int, hkv: int, sq: int, skv: i
                        nan_zero=nan_zero or term == "dead_rows_guard")
     r = A.Runner(be, q.shape, k.shape, v.shape, dtype, scale, causal, specs, nan_zero or term == "dead_rows_guard",
                  tactic)
-    assert r.tactic == ("flash_mma" if tactic.startswith("flash_mma") else
+    assert r.tactic == ("flash_wgmma" if tactic.startswith("flash_wgmma") else
+                        "flash_mma" if tactic.startswith("flash_mma") else
                         "flash_simt" if tactic.startswith("flash_simt") else tactic)
     qd, kd, vd = (to_dev(x, dtype) for x in (q, k, v))
     out = torch.full((b * h * sq * dv + 64,), float("nan"), dtype=TORCH[dtype], device="cuda")
@@ -177,3 +178,67 @@ def test_key_padding_bias_wide_heads(be, dtype, d):
     """The kernels compiled for one key-padding bias at head dims past 64 (and with causal)."""
     check(be, dtype, "flash_mma", 2, 4, 2, 70, 90, d, d, term="pad_bias")
     check(be, dtype, "flash_mma", 2, 4, 4, 90, 90, d, d, term="pad_bias", causal=True)
+
+
+# -- flash_wgmma (Hopper wgmma, sm_90a; compute capability 9.0 only) ----------------------------------------------
+# random shapes off the 64-row / 64-key tiles: odd batch, heads, lengths; GQA and MQA; batch-1 K/V; head dims
+# below 64 (zero-padded to 64) and Dv != D; causal with Sq != Skv. Seeded, fixed at import (test ids stay stable).
+_rng = np.random.default_rng(90)
+WG_SHAPES = [(1, 1, 1, 64, 64, 64, 64), (3, 5, 5, 1, 1, 64, 64), (1, 3, 1, 777, 513, 64, 64),
+             (2, 6, 2, 129, 1000, 64, 64), (1, 2, 2, 191, 63, 32, 48), (2, 4, 4, 255, 257, 64, 64)] + [
+    (int(_rng.integers(1, 4)), h, h // int(_rng.choice([1, h])), int(_rng.integers(1, 400)) | 1,
+     int(_rng.integers(1, 700)) | 1, int(_rng.choice([8, 24, 64])), int(_rng.choice([16, 64])))
+    for h in (3, 5)]
+
+
+def wgmma_device(be) -> None:
+    if be.arch != "sm_90":
+        pytest.skip(f"flash_wgmma runs on compute capability 9.0 only, not {be.arch}")
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", WG_SHAPES, ids=["x".join(map(str, s)) for s in WG_SHAPES])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_wgmma_shapes(be, dtype, shape, causal):
+    wgmma_device(be)
+    check(be, dtype, "flash_wgmma", *shape, causal=causal)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("variant", list(A._wg.WG_VARIANTS))
+def test_wgmma_variants(be, variant, causal):
+    """Every pinned variant (warpgroups per block, keys per tile, pipelined or not) on shapes off its tiles."""
+    wgmma_device(be)
+    for i, shape in enumerate([(2, 3, 3, 200, 333, 64, 64), (1, 4, 2, 65, 130, 40, 64)]):
+        check(be, "float16" if i == 0 else "bfloat16", f"flash_wgmma_{variant}", *shape, causal=causal, seed=i)
+
+
+def test_wgmma_scale_and_fallbacks(be):
+    """A negative scale (the general softmax path, not the folded exponent) on large dot products; a score term,
+    head dims past 64 and a misaligned pointer all run flash_mma / flash_simt instead (checked by check())."""
+    wgmma_device(be)
+    b, h, s, d = 2, 2, 150, 64
+    q, k, v = (rounded(rnd((b, h, s, d), i, 3.0 if i < 2 else 1.0), "float16") for i in range(3))
+    for scale in (-1.0 / np.sqrt(d), 2.0 / np.sqrt(d)):
+        want = A.reference(q, k, v, scale=scale)
+        r = A.Runner(be, q.shape, k.shape, v.shape, "float16", scale, tactic="flash_wgmma")
+        assert r.tactic == "flash_wgmma"
+        out = torch.full((b * h * s * d,), float("nan"), dtype=torch.float16, device="cuda")
+        r([to_dev(x, "float16") for x in (q, k, v)], out.data_ptr())
+        torch.cuda.synchronize()
+        got = out.to(torch.float64).cpu().numpy().reshape(want.shape)
+        assert np.linalg.norm(got - want) / np.linalg.norm(want) < TOL["float16"]
+    assert A.Runner(be, q.shape, k.shape, v.shape, "float16", tactic="flash_wgmma",
+                    terms=[A.TermSpec("bias", "float16", (b, 1, 1, s))]).tactic == "flash_mma"
+    assert A.Runner(be, (1, 2, 8, 128), (1, 2, 8, 128), (1, 2, 8, 128), "float16",
+                    tactic="flash_wgmma").tactic == "flash_mma"
+    bufs = [torch.zeros(x.size + 8, dtype=torch.float16, device="cuda") for x in (q, k, v)]
+    for buf, x in zip(bufs, (q, k, v), strict=True):
+        buf[1:1 + x.size] = torch.from_numpy(x.ravel()).cuda()
+    want = A.reference(q, k, v, causal=True)
+    r = A.Runner(be, q.shape, k.shape, v.shape, "float16", causal=True, tactic="flash_wgmma")
+    out = torch.full((b * h * s * d + 1,), float("nan"), dtype=torch.float16, device="cuda")
+    r([buf.data_ptr() + 2 for buf in bufs], out.data_ptr() + 2)  # off 16 bytes: the CUDA-core kernel runs
+    torch.cuda.synchronize()
+    got = out[1:].to(torch.float64).cpu().numpy().reshape(want.shape)
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < TOL["float16"]
