@@ -149,3 +149,48 @@ def test_gpu_runtime_fp16_affine_and_leaky(cuda_ready) -> None:
     ref = ort_run(m, feeds)["y"]
     out = sess.run(None, feeds)[0]
     assert check_output("y", "runtime:cuda", ref, out, 1e-2, None).passed
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["fp32", "fp16"])
+def test_gpu_runtime_darknet_shortcut(cuda_ready, dtype) -> None:
+    """Darknet's residual blocks (Conv+BN+LeakyReLU twice, then the shortcut Add after the activation): every
+    Add lands in a FusedConvLeakyReluAdd that runs on a device kernel with the residual after the activation."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    import fuser
+    from fuser.runtime import Session
+    from fuser.verify import check_output, ort_run
+
+    rng = np.random.default_rng()
+    c, nodes, inits = 16, [], []
+
+    def conv_bn_leaky(x: str, cin: int, cout: int, k: int, name: str) -> str:
+        w = rng.standard_normal((cout, cin, k, k)) / np.sqrt(cin * k * k)
+        bn = [1 + 0.1 * rng.standard_normal(cout), 0.1 * rng.standard_normal(cout),
+              0.1 * rng.standard_normal(cout), 0.5 + rng.random(cout)]
+        names = [f"{name}.{p}" for p in ("w", "g", "b", "m", "v")]
+        inits.extend(numpy_helper.from_array(v.astype(dtype), n) for n, v in zip(names, [w, *bn], strict=True))
+        nodes.extend([helper.make_node("Conv", [x, names[0]], [f"{name}.c"], pads=[k // 2] * 4),
+                      helper.make_node("BatchNormalization", [f"{name}.c", *names[1:]], [f"{name}.bn"]),
+                      helper.make_node("LeakyRelu", [f"{name}.bn"], [f"{name}.y"], alpha=0.1)])
+        return f"{name}.y"
+
+    x = "x"
+    for i in range(3):
+        y = conv_bn_leaky(conv_bn_leaky(x, c, c // 2, 1, f"b{i}.1"), c // 2, c, 3, f"b{i}.2")
+        nodes.append(helper.make_node("Add", [y, x], ["y" if i == 2 else f"b{i}.out"]))
+        x = f"b{i}.out"
+    elem = TensorProto.FLOAT if dtype == np.float32 else TensorProto.FLOAT16
+    g = helper.make_graph(nodes, "darknet", [helper.make_tensor_value_info("x", elem, [2, c, 20, 24])],
+                          [helper.make_tensor_value_info("y", elem, [2, c, 20, 24])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    fused = fuser.optimize(m, None, verify_result=False).model
+    ops = [n.op_type for n in fused.graph.node]
+    assert ops.count("FusedConvLeakyReluAdd") == 3 and ops.count("FusedConvLeakyRelu") == 3 and len(ops) == 6
+    sess = Session(fused, device="cuda")
+    assert sess.kernel_steps == 6
+    feeds = {"x": rng.standard_normal((2, c, 20, 24)).astype(dtype)}
+    ref = ort_run(m, feeds)["y"]
+    out = sess.run(None, feeds)[0]
+    c_ = check_output("y", "runtime:cuda", ref, out, 1e-5 if dtype == np.float32 else 1e-2, None)
+    assert c_.passed, c_
