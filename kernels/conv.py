@@ -24,6 +24,8 @@ rule picks it):
   fp16 tensors.
 - ``mma_tf32`` / ``mma_f16`` (conv_mma.py): the same GEMM on tensor cores (mma.sync TF32 m16n8k8 and
   FP16 m16n8k16, fp32 accumulation); on AMD a portable fallback of the same fragment contract.
+- ``mma_tf32_ms`` (conv_mma.py): the TF32 GEMM with a multistage cp.async shared-memory pipeline (4 stages
+  of 16 k in flight, one barrier per stage); the TF32 tactic of choice with ``allow_tf32``.
 - ``depthwise`` (conv_depthwise.py): direct depthwise (group == C_in) convolution.
 - ``winograd`` (conv_winograd.py; seed report §2.3): fused Winograd F(2x2, 3x3), 3x3 stride 1.
 - ``library``: no kernel of ours; the node stays in an onnxruntime island (cuDNN/MIOpen).
@@ -222,15 +224,17 @@ def geometry(x_shape: Sequence[int], w_shape: Sequence[int], group: int = 1, str
 
 # ---- tactics ----------------------------------------------------------------------------------------
 LIBRARY = "library"
-ALGOS = ("igemm", "mma_tf32", "mma_f16", "depthwise", "winograd")
+ALGOS = ("igemm", "mma_tf32", "mma_tf32_ms", "mma_f16", "depthwise", "winograd")
 TILES: dict[str, tuple[tuple[int, int], ...]] = {
     "igemm": ((128, 128), (64, 128), (64, 64), (32, 64), (32, 32)),
     "mma_tf32": ((128, 128), (64, 64)),
+    "mma_tf32_ms": ((128, 128), (128, 64), (64, 128), (64, 64), (64, 32)),
     "mma_f16": ((128, 128), (64, 64)),
 }
 # Relative per-SM throughput of a tile shape (bigger register blocks reuse more); for the launch rule.
 _TILE_EFF = {"igemm": {(128, 128): 1.0, (64, 128): 0.9, (64, 64): 0.7, (32, 64): 0.55, (32, 32): 0.4},
-             "mma_tf32": {(128, 128): 1.0, (64, 64): 0.8}, "mma_f16": {(128, 128): 1.0, (64, 64): 0.8}}
+             "mma_tf32": {(128, 128): 1.0, (64, 64): 0.8}, "mma_f16": {(128, 128): 1.0, (64, 64): 0.8},
+             "mma_tf32_ms": {(128, 128): 1.0, (128, 64): 0.85, (64, 128): 0.85, (64, 64): 0.7, (64, 32): 0.5}}
 
 
 def parse_tactic(tactic: str) -> tuple[str, tuple[int, int] | None]:
@@ -257,7 +261,7 @@ def algo_ok(algo: str, g: ConvGeometry, dtype, backend_name: str = "cuda") -> bo
         return False
     if algo == "igemm":
         return True
-    if algo == "mma_tf32":
+    if algo in ("mma_tf32", "mma_tf32_ms"):
         return dt == np.float32
     if algo == "mma_f16":
         return dt == np.float16
@@ -274,7 +278,7 @@ def candidate_tactics(g: ConvGeometry, dtype, allow_tf32: bool = False, backend_
     for algo in ALGOS:
         if not algo_ok(algo, g, dtype, backend_name):
             continue
-        if algo == "mma_tf32" and not allow_tf32:
+        if algo.startswith("mma_tf32") and not allow_tf32:
             continue
         if algo.startswith("mma") and backend_name != "cuda":
             continue   # the AMD build of these is a portable fallback, never a speed tactic
@@ -285,9 +289,12 @@ def candidate_tactics(g: ConvGeometry, dtype, allow_tf32: bool = False, backend_
     return out
 
 
-_GEMM_BK = {"igemm": 8, "mma_tf32": 16, "mma_f16": 32}
+_GEMM_BK = {"igemm": 8, "mma_tf32": 16, "mma_tf32_ms": 16, "mma_f16": 32}
 _GEMM_THREADS = {"igemm": {(128, 128): 256, (64, 128): 256, (64, 64): 256, (32, 64): 128, (32, 32): 64},
-                 "mma_tf32": {(128, 128): 256, (64, 64): 128}, "mma_f16": {(128, 128): 256, (64, 64): 128}}
+                 "mma_tf32": {(128, 128): 256, (64, 64): 128}, "mma_f16": {(128, 128): 256, (64, 64): 128},
+                 "mma_tf32_ms": {(128, 128): 256, (128, 64): 128, (64, 128): 128, (64, 64): 128, (64, 32): 128}}
+# Resident blocks per SM where registers/shared memory (ptxas, sm_90) say otherwise than 512 threads per SM.
+_GEMM_BPS = {"mma_tf32_ms": {(128, 128): 2, (128, 64): 3, (64, 128): 3, (64, 64): 5, (64, 32): 7}}
 
 
 def tile_cost(algo: str, tile: tuple[int, int], g: ConvGeometry, num_sms: int = 132) -> float:
@@ -298,7 +305,7 @@ def tile_cost(algo: str, tile: tuple[int, int], g: ConvGeometry, num_sms: int = 
     ktiles = ceil_div(max(g.k, 1), _GEMM_BK[algo])
     splits = split_k(blocks, ktiles, num_sms)
     kt_per = ceil_div(ktiles, splits)
-    bps = max(1, 512 // _GEMM_THREADS[algo][tile])       # resident blocks per SM, roughly
+    bps = _GEMM_BPS.get(algo, {}).get(tile) or max(1, 512 // _GEMM_THREADS[algo][tile])  # resident blocks/SM
     waves = ceil_div(blocks * ceil_div(ktiles, kt_per), num_sms * bps)
     t = waves * bps * bm * bn * kt_per / _TILE_EFF[algo][tile]
     if splits > 1:
@@ -711,8 +718,7 @@ def entry_sources() -> list[tuple[str, str, str]]:
     from . import conv_depthwise, conv_mma, conv_winograd
 
     out = [(NAME, entry_source(t, dt), igemm_entry(t, dt)) for t in IGEMM_TILES for dt in _DTYPES]
-    out += [(conv_mma.NAME, conv_mma.entry_source(a, t), conv_mma.mma_entry(a, t)) for a in conv_mma.ALGO_DTYPE
-            for t in conv_mma.MMA_TILES]
+    out += [(conv_mma.NAME, conv_mma.entry_source(a, t), conv_mma.entry_name(a, t)) for a, t in conv_mma.all_entries()]
     out += [(conv_depthwise.NAME, conv_depthwise.entry_source(k, dt), conv_depthwise.dw_entry(k, dt))
             for k in conv_depthwise.KERNELS for dt in _DTYPES]
     out += [(conv_winograd.NAME, conv_winograd.SOURCE, e) for e in conv_winograd.VARIANTS[:1]]
@@ -811,6 +817,7 @@ class _GemmTactic:
         self.fn = backend.function(self.family_name, self.source(), self.entry)
 
     bk = 8
+    smem = 0      # dynamic shared memory per block (bytes)
 
     def pack(self, w: np.ndarray):
         p = pack_weights_km(w, self.g, self.kmaj)
@@ -825,6 +832,10 @@ class _GemmTactic:
     def threads(self) -> int:
         return igemm_threads(self.tile)
 
+    def kmode(self, x: int) -> int:
+        """The kernel's ``kmaj`` argument for input pointer ``x``: which gather runs."""
+        return int(self.kmaj)
+
     def __call__(self, x: int, r: int, y: int, stream: int) -> None:
         g, isz = self.g, self.dtype.itemsize
         vw = self.vec_width
@@ -833,9 +844,9 @@ class _GemmTactic:
         ws, cnt = (self._ws.ptr, self._cnt.ptr) if self.splits > 1 else (0, 0)
         self.args.set(x, self._w.ptr, self._bias.ptr, r, y, self._ktab.ptr, ws, cnt, g.h, g.w, g.ow, g.ohw, g.npix,
                       g.k, self.ktiles, self.splits, self.kt_per, g.c * g.h * g.w, g.cout * g.ohw, g.sh, g.sw, g.ph,
-                      g.pw, g.cg, g.mg, self.mpad, self.kpad, int(self.kmaj), g.kw, g.dh, g.dw, vec, e.res_mode,
+                      g.pw, g.cg, g.mg, self.mpad, self.kpad, self.kmode(x), g.kw, g.dh, g.dw, vec, e.res_mode,
                       e.act, e.p0, e.p1)
-        self.backend.launch(self.fn, self.grid, (self.threads(), 1, 1), self.args, 0, stream)
+        self.backend.launch(self.fn, self.grid, (self.threads(), 1, 1), self.args, self.smem, stream)
 
 
 class IGemmTactic(_GemmTactic):
@@ -845,6 +856,11 @@ class IGemmTactic(_GemmTactic):
 def _make_tactic(algo: str, tile, backend, g, dtype, w, bias, epi, splits=None):
     if algo == "igemm":
         return IGemmTactic(backend, g, dtype, w, bias, tile or pick_tile("igemm", g, backend.num_sms), epi, splits)
+    if algo == "mma_tf32_ms":
+        from . import conv_mma
+
+        return conv_mma.MmaMsTactic(backend, g, dtype, w, bias, tile or pick_tile(algo, g, backend.num_sms), epi,
+                                    splits)
     if algo in ("mma_tf32", "mma_f16"):
         from . import conv_mma
 
@@ -890,7 +906,7 @@ class Runner:
         algo, tile = parse_tactic(tactic)
         if algo == LIBRARY:
             raise Unsupported("tactic 'library' runs in onnxruntime, not on a Runner")
-        if algo == "mma_tf32":
+        if algo.startswith("mma_tf32"):
             allow_tf32 = True
         if algo == "auto" or not algo_ok(algo, g, self.dtype, backend.name):
             algo, tile = parse_tactic(heuristic(g, self.dtype, allow_tf32, backend.name))

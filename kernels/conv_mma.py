@@ -14,10 +14,22 @@ gather writes one pixel's contiguous k run as 16-byte vectors), rows padded to 2
 load with ``ldmatrix.x4`` (one instruction per m16 A fragment or per pair of n8 B fragments) — all
 bank-conflict free. Split-K as in ``conv.py``.
 
+- ``mma_tf32_ms`` (fp32 tensors, ``--allow-tf32``): the same TF32 GEMM fed by a multistage shared-memory
+  pipeline, in the manner of CUTLASS's multistage implicit-GEMM conv (no code from it): ``cp.async``
+  copies global memory straight into a 4-stage ring (16 k per stage; commit/wait groups, one barrier per
+  stage), so the copies of stage k + 3 are in flight while stage k is multiplied and no register holds a
+  staged tile. Weights are rounded to TF32 on the host; the im2col values land unrounded and get half a
+  TF32 ulp added in registers before the mma (which ignores the low 13 bits): round to nearest, as
+  ``cvt.rna`` — the same rel-L2 (~3e-4) as ``mma_tf32`` and cuDNN's TF32. The gather is 16-byte copies of 4
+  pixels for 1x1 stride-1 convs (a plain GEMM over NCHW), else 4-byte zero-filling copies per element
+  (channel walk or k table). Tiles 128x128 (8 warps), 128x64 / 64x128 / 64x64 / 64x32 (4 warps); the
+  warp's n8 fragments are interleaved so that B loads as vectors and each thread stores 4 or 8
+  consecutive pixels.
+
 On AMD (and in the CPU emulator) the inline PTX is replaced by a portable implementation of the same
-fragment contract with 32-lane shuffles: the tactic compiles and computes the same function there,
-but it is not a speed path (the tactic list never offers it off NVIDIA; a matrix-core path via
-MFMA is future work).
+fragment contract with 32-lane shuffles, and ``cp.async`` by plain copies: the tactics compile and compute
+the same function there, but they are not a speed path (the tactic list never offers them off NVIDIA; a
+matrix-core path via MFMA is future work).
 """
 
 from __future__ import annotations
@@ -74,14 +86,17 @@ FUSER_INLINE void fuser_mma_tf32(float (&d)[4], const fuser_u32 (&a)[4], const f
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 #else
+    // The tensor cores read the top 19 bits of each operand (the low 13 are ignored): masked here too, so
+    // unrounded operands (the multistage kernel rounds by adding half a TF32 ulp) compute the same.
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const fuser_u32 tm = 0xffffe000u;
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
         const int hi = k >> 2, q = k & 3;
-        const float alo = fuser_mma_shfl(fuser_bits_f(hi ? a[2] : a[0]), g * 4 + q);
-        const float ahi = fuser_mma_shfl(fuser_bits_f(hi ? a[3] : a[1]), g * 4 + q);
-        const float b0 = fuser_mma_shfl(fuser_bits_f(hi ? b[1] : b[0]), (2 * t) * 4 + q);
-        const float b1 = fuser_mma_shfl(fuser_bits_f(hi ? b[1] : b[0]), (2 * t + 1) * 4 + q);
+        const float alo = fuser_mma_shfl(fuser_bits_f((hi ? a[2] : a[0]) & tm), g * 4 + q);
+        const float ahi = fuser_mma_shfl(fuser_bits_f((hi ? a[3] : a[1]) & tm), g * 4 + q);
+        const float b0 = fuser_mma_shfl(fuser_bits_f((hi ? b[1] : b[0]) & tm), (2 * t) * 4 + q);
+        const float b1 = fuser_mma_shfl(fuser_bits_f((hi ? b[1] : b[0]) & tm), (2 * t + 1) * 4 + q);
         d[0] = fmaf(alo, b0, d[0]); d[1] = fmaf(alo, b1, d[1]);
         d[2] = fmaf(ahi, b0, d[2]); d[3] = fmaf(ahi, b1, d[3]);
     }
@@ -351,6 +366,295 @@ FUSER_INLINE void fuser_conv_mma(FUSER_CONV_GEMM_PARAMS(typename fuser_mma_t<F16
     }
 """
 
+_MS_SOURCE = r"""
+// ---- conv: multistage tensor-core GEMM (TF32), cp.async pipeline ----
+// Global -> shared copies that complete asynchronously: cp.async on CUDA (src-size 0 reads nothing and
+// zero-fills, which is how padding and out-of-range pixels become zeros; the source address of such a copy
+// may point anywhere, it is never dereferenced). On AMD and in the CPU emulator they are plain synchronous
+// copies with the same effect (reading only when ok), and commit/wait have nothing to wait for.
+#if defined(FUSER_CUDA)
+#define FUSER_MS_STAGES(S) (S)
+#elif defined(__HIPCC_RTC__)
+#define FUSER_MS_STAGES(S) 2      // AMD: synchronous copies fill no pipeline, and static LDS is 64 KiB
+#else
+#define FUSER_MS_STAGES(S) (S)    // CPU emulator: the CUDA kernel's exact buffer rotation
+#endif
+
+FUSER_INLINE fuser_u32 fuser_ms_saddr(const void* p) {
+#if defined(FUSER_CUDA)
+    fuser_u32 a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+#else
+    return 0u;
+#endif
+}
+// 16 bytes to word `off` of the shared buffer (generic base `sm`, shared-window base `ss`); zeros if !ok.
+FUSER_INLINE void fuser_ms_cp16(fuser_u32* sm, fuser_u32 ss, int off, const void* src, bool ok) {
+#if defined(FUSER_CUDA)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
+                 :: "r"(ss + 4u * (fuser_u32)off), "l"(src), "r"(ok ? 16 : 0) : "memory");
+#else
+    uint4 v;
+    v.x = 0u; v.y = 0u; v.z = 0u; v.w = 0u;
+    if (ok) v = *reinterpret_cast<const uint4*>(src);
+    *reinterpret_cast<uint4*>(sm + off) = v;
+#endif
+}
+// 4 bytes (one element of the im2col gather); zero if !ok.
+FUSER_INLINE void fuser_ms_cp4(fuser_u32* sm, fuser_u32 ss, int off, const void* src, bool ok) {
+#if defined(FUSER_CUDA)
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n"
+                 :: "r"(ss + 4u * (fuser_u32)off), "l"(src), "r"(ok ? 4 : 0) : "memory");
+#else
+    sm[off] = ok ? *reinterpret_cast<const fuser_u32*>(src) : 0u;
+#endif
+}
+FUSER_INLINE void fuser_ms_commit() {
+#if defined(FUSER_CUDA)
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+// Wait until at most N committed groups of this thread are still in flight.
+template <int N>
+FUSER_INLINE void fuser_ms_wait() {
+#if defined(FUSER_CUDA)
+    asm volatile("cp.async.wait_group %0;\n" :: "n"(N) : "memory");
+#endif
+}
+FUSER_INLINE void fuser_ms_ldsm_x4(fuser_u32 (&d)[4], const fuser_u32* sm, fuser_u32 ss, int off) {
+#if defined(FUSER_CUDA)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3]) : "r"(ss + 4u * (fuser_u32)off) : "memory");
+#else
+    fuser_ldsm_x4(d, sm + off);
+#endif
+}
+// N consecutive words of shared memory (one vector load: N = 4 -> 16 bytes, 2 -> 8 bytes).
+template <int N> struct fuser_ms_lds;
+template <> struct fuser_ms_lds<4> {
+    static FUSER_INLINE void ld(fuser_u32 (&d)[4], const fuser_u32* p) {
+        const uint4 t = *reinterpret_cast<const uint4*>(p);
+        d[0] = t.x; d[1] = t.y; d[2] = t.z; d[3] = t.w;
+    }
+};
+template <> struct fuser_ms_lds<2> {
+    static FUSER_INLINE void ld(fuser_u32 (&d)[2], const fuser_u32* p) {
+        const uint2 t = *reinterpret_cast<const uint2*>(p);
+        d[0] = t.x; d[1] = t.y;
+    }
+};
+
+// The implicit GEMM of conv.py (Y[m, n] = sum_k W[m, k] X[k, n] per group) on TF32 tensor cores, with the
+// operands streamed through an S-stage shared-memory ring by cp.async: the copies of stage k + S - 1 are in
+// flight while stage k is multiplied, one barrier per stage (BK = 16 k), no register staging.
+//
+// A (weights, packed [G][Mpad][Kpad] on the host and already rounded to TF32 there): [BM][16] words per
+//   stage as 16-byte chunks, chunk c of row r stored at c ^ ((r >> 1) & 3), so the 16-byte copies and the
+//   ldmatrix.x4 fragment loads (8 rows of one chunk column per phase) are both conflict-free.
+// B (the im2col gather): [16 k][BN + 8] words, pixels contiguous as in NCHW, so one k row of the tile is
+//   BN consecutive pixels. `kmaj` selects the gather: 2 = 1x1 stride-1 conv whose image size is a multiple
+//   of 4 on a 16-byte aligned input (a plain GEMM over NCHW: 16-byte copies of 4 pixels), 1 = the
+//   channel-innermost walk (a k-tile inside one kernel position: one bounds test per tile, 4-byte copies),
+//   0 = the k table (4-byte copies, each tested). Values land unrounded; fragments get half a TF32 ulp added
+//   in registers (round to nearest, ties away, once the mma ignores the low 13 bits: as cvt.rna).
+// Fragments: each warp owns WTM x WTN = (MI m16) x (NI n8). The pixel of column c of n8 tile ni is
+//   c * NI + ni inside the warp's WTN columns, so a lane's B fragments for all NI tiles lie side by side: two
+//   vector loads per k8 (the row stride BN + 8 = 8 mod 32 keeps them conflict-free), and each thread ends
+//   up owning 2 NI consecutive pixels of a row, stored as float4s by the shared epilogue.
+template <int BM, int BN, int WGM, int WGN, int STAGES>
+FUSER_INLINE void fuser_conv_mma_ms(FUSER_CONV_GEMM_PARAMS(float, float)) {
+    constexpr int BK = 16;
+    constexpr int S = FUSER_MS_STAGES(STAGES);
+    constexpr int THR = WGM * WGN * 32;
+    constexpr int WTM = BM / WGM, WTN = BN / WGN, MI = WTM / 16, NI = WTN / 8;
+    constexpr int LDB = BN + 8;
+    constexpr int AW = BM * BK, SW = AW + BK * LDB;       // words: A tile, one stage
+    constexpr int LA = BM * 4 / THR, ARS = THR / 4;       // A chunks per thread, rows between them
+    constexpr int KG = THR / BN, LB = BK / KG;            // 4-byte gather: k groups per column, k per thread
+    constexpr int CPR = BN / 4, RPP = THR / CPR;          // 16-byte gather: chunks per k row, rows per pass
+    static_assert(S >= 2 && (NI == 2 || NI == 4) && MI >= 1 && (BM * 4) % THR == 0 && ARS % 8 == 0
+                  && THR % BN == 0 && BK % KG == 0 && THR % CPR == 0 && BK % RPP == 0, "tile shape");
+#if defined(FUSER_CUDA)
+    extern __shared__ __align__(16) fuser_u32 fuser_ms_smem[];   // S * SW words (the host opts in)
+#else
+    __shared__ __align__(16) fuser_u32 fuser_ms_smem[S * SW];
+#endif
+    __shared__ int s_last;
+    fuser_u32* const sm = fuser_ms_smem;
+    const fuser_u32 ss = fuser_ms_saddr(sm);
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wm = warp / WGN, wn = warp % WGN;
+    const int g = blockIdx.z / splits, m0 = blockIdx.y * BM, nb = blockIdx.x * BN;
+    const int kt0 = (blockIdx.z - g * splits) * kt_per;
+    const int kt1 = kt0 + kt_per < ktiles ? kt0 + kt_per : ktiles;
+    const fuser_i64 HW = (fuser_i64)H * W;
+    const float* __restrict__ xg = x + (fuser_i64)g * Cg * HW;
+
+    // A copies: rows ar0 + i * ARS, chunk tid % 4 (ARS is a multiple of 8: one swizzle for all i)
+    const int ar0 = tid >> 2, ac0 = tid & 3;
+    const float* __restrict__ asrc = wp + ((fuser_i64)g * Mpad + m0 + ar0) * Kpad + ac0 * 4;
+    const int adst = ar0 * BK + (ac0 ^ ((ar0 >> 1) & 3)) * 4;
+    // B gather state, in 32-bit offsets from one 64-bit base (an image holds < 2^31 elements): few registers.
+    // Gathers 0/1: column tid % BN, k rows kw0 .. kw0 + LB - 1 of each stage. Gather 2: pixels
+    // nb + 4 * (tid % CPR) + 0..3, k rows tid / CPR + p * RPP.
+    const int HWi = H * W;
+    const float* __restrict__ xb = xg;   // 0/1: the column's image; 2: its 4 pixels at k row kw0
+    int ih0 = FUSER_CONV_BIG, iw0 = 0, pix = 0, kw0, bdst;
+    int wci = 0, wkh = 0, wkw = 0;       // gather 1: the next k-tile's first channel and kernel position
+    if (kmaj == 2) {
+        const int pc = tid % CPR, n = nb + pc * 4;
+        kw0 = tid / CPR;
+        bdst = kw0 * LDB + pc * 4;
+        if (n < npix) {
+            const int b = n / OHW;
+            xb = xg + (fuser_i64)b * img_in + (n - b * OHW) + (fuser_i64)kw0 * HWi;
+            ih0 = 0;
+        }
+    } else {
+        const int col = tid % BN, n = nb + col;
+        kw0 = (tid / BN) * LB;
+        bdst = kw0 * LDB + col;
+        if (n < npix) {
+            const int b = n / OHW, q = n - b * OHW, oh = q / OW, ow = q - oh * OW;
+            xb = xg + (fuser_i64)b * img_in;
+            ih0 = oh * sh - ph; iw0 = ow * sw - pw;
+            pix = ih0 * W + iw0;
+        }
+        if (kmaj == 1) {
+            const int k0 = kt0 * BK, rs = k0 / Cg;
+            wci = k0 - rs * Cg; wkh = rs / KW; wkw = rs - wkh * KW;
+        }
+    }
+
+    // Issue the copies of k-tile kt into stage st (gather 1 walks the k-tiles: they must come in order).
+    auto load = [&](int st, int kt) {
+        const int k0 = kt * BK, so = st * SW;
+#pragma unroll
+        for (int i = 0; i < LA; ++i) fuser_ms_cp16(sm, ss, so + adst + i * ARS * BK, asrc + i * ARS * Kpad + k0, true);
+        const int sb = so + AW + bdst;
+        if (kmaj == 2) {
+#pragma unroll
+            for (int p = 0; p < BK / RPP; ++p) {
+                const int k = k0 + p * RPP;          // + kw0: xb already points at row kw0
+                const bool ok = ih0 == 0 && k + kw0 < K;
+                fuser_ms_cp16(sm, ss, sb + p * RPP * LDB, xb + k * HWi, ok);
+            }
+        } else if (kmaj == 1) {
+            // a k-tile lies inside one kernel position: one bounds test for the column
+            const int ih = ih0 + wkh * dh, iw = iw0 + wkw * dw;
+            const bool ok = (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W;
+            const int off = (wci + kw0) * HWi + ih * W + iw;
+            wci += BK;
+            if (wci == Cg) {
+                wci = 0;
+                if (++wkw == KW) { wkw = 0; ++wkh; }
+            }
+#pragma unroll
+            for (int i = 0; i < LB; ++i) fuser_ms_cp4(sm, ss, sb + i * LDB, xb + off + i * HWi, ok);
+        } else {
+            // the k table (padded k and out-of-range pixels fail the same unsigned test); unrolled by 2 only:
+            // the table entries of a whole stage in flight at once would cost registers the other gathers need
+#pragma unroll 2
+            for (int i = 0; i < LB; ++i) {
+                const int4 e = ktab[k0 + kw0 + i];
+                const int ih = ih0 + e.y, iw = iw0 + e.z;
+                const bool ok = (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W;
+                fuser_ms_cp4(sm, ss, sb + i * LDB, xb + pix + e.x, ok);
+            }
+        }
+    };
+
+    float acc[MI][NI][4];
+#pragma unroll
+    for (int i = 0; i < MI; ++i)
+#pragma unroll
+        for (int j = 0; j < NI; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+
+    // Prologue: S - 1 stages in flight (a group per stage, empty ones included, so the count stays exact).
+#pragma unroll
+    for (int s = 0; s < S - 1; ++s) {
+        if (kt0 + s < kt1) load(s, kt0 + s);
+        fuser_ms_commit();
+    }
+    // ldmatrix rows of this lane (matrices: rows +0/+8, words +0/+4) and its B fragment words
+    const int ar = (lane & 7) + ((lane >> 3) & 1) * 8;
+    const int aoff = (wm * WTM + ar) * BK, asw = (ar >> 1) & 3, ahalf = lane >> 4;
+    const int boff = AW + (lane & 3) * LDB + wn * WTN + (lane >> 2) * NI;
+    int rs = 0, ws_ = S - 1;
+    for (int kt = kt0; kt < kt1; ++kt) {
+        fuser_ms_wait<S - 2>();      // this thread's copies of stage rs have landed
+        __syncthreads();             // ... everyone's; and everyone is done with the stage refilled next
+        if (kt + S - 1 < kt1) load(ws_, kt + S - 1);
+        fuser_ms_commit();
+        const int so = rs * SW;
+#pragma unroll
+        for (int ks = 0; ks < BK / 8; ++ks) {
+            fuser_u32 a[MI][4], b[NI][2], lo[NI], hi[NI];
+#pragma unroll
+            for (int mi = 0; mi < MI; ++mi)
+                fuser_ms_ldsm_x4(a[mi], sm, ss, so + aoff + mi * 16 * BK + ((2 * ks + ahalf) ^ asw) * 4);
+            fuser_ms_lds<NI>::ld(lo, sm + so + boff + ks * 8 * LDB);
+            fuser_ms_lds<NI>::ld(hi, sm + so + boff + (ks * 8 + 4) * LDB);
+#pragma unroll
+            for (int ni = 0; ni < NI; ++ni) {
+                b[ni][0] = lo[ni] + 0x1000u;
+                b[ni][1] = hi[ni] + 0x1000u;
+            }
+#pragma unroll
+            for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+                for (int ni = 0; ni < NI; ++ni) fuser_mma_tf32(acc[mi][ni], a[mi], b[ni]);
+        }
+        rs = rs + 1 == S ? 0 : rs + 1;
+        ws_ = ws_ + 1 == S ? 0 : ws_ + 1;
+    }
+    fuser_ms_wait<0>();              // only empty groups are left; none outlives the block
+
+    // Split-K sums over the logical (row, n8 column) positions: the same in every split of a tile.
+    if (splits > 1 && !fuser_mma_splitk<BM, BN, MI, NI>(acc, ws, cnt, splits, wm * WTM, wn * WTN, &s_last)) return;
+    fuser_conv_epi epi;
+    epi.act = act; epi.res_mode = res_mode; epi.p0 = p0; epi.p1 = p1;
+    constexpr int NV = 2 * NI / 4;   // float4 groups of this thread's 2 NI consecutive pixels
+    const int gq = lane >> 2, tq = lane & 3;
+    const int n0 = nb + wn * WTN + 2 * tq * NI;
+    int bq[NV], pq[NV], nl[NV];
+#pragma unroll
+    for (int q = 0; q < NV; ++q) {
+        const int n = n0 + 4 * q;
+        nl[q] = npix - n;
+        bq[q] = nl[q] > 0 ? n / OHW : 0;
+        pq[q] = n - bq[q] * OHW;
+    }
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int m = m0 + wm * WTM + mi * 16 + h * 8 + gq;
+            if (m < Mg) {
+                const int co = g * Mg + m;
+                const float bv = bias[co];
+#pragma unroll
+                for (int q = 0; q < NV; ++q) {
+                    float v[4];
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) v[j] = acc[mi][(4 * q + j) % NI][2 * h + (4 * q + j) / NI];
+                    fuser_conv_out<float, 4>(y, r, co, bq[q], pq[q], nl[q], v, bv, OHW, img_out, vec, epi);
+                }
+            }
+        }
+    }
+}
+
+#define FUSER_MS_ENTRY(NAME, BM, BN, WGM, WGN, STAGES, MINB)                                            \
+    FUSER_GLOBAL void __launch_bounds__(WGM * WGN * 32, MINB) NAME(FUSER_CONV_GEMM_PARAMS(float, float)) { \
+        fuser_conv_mma_ms<BM, BN, WGM, WGN, STAGES>(FUSER_CONV_GEMM_ARGS);                               \
+    }
+"""
+
 # (BM, BN) -> warps (along M, along N)
 MMA_TILES: dict[tuple[int, int], tuple[int, int]] = {(128, 128): (2, 4), (64, 64): (2, 2)}
 ALGO_DTYPE = {"mma_tf32": np.float32, "mma_f16": np.float16}
@@ -366,12 +670,52 @@ def _entry_line(algo: str, tile: tuple[int, int]) -> str:
     return f"FUSER_MMA_ENTRY({mma_entry(algo, tile)}, {kind}, {ctype}, {tile[0]}, {tile[1]}, {wgm}, {wgn})\n"
 
 
-SOURCE = COMMON_SOURCE + _MMA_SOURCE + "".join(_entry_line(a, t) for a in ALGO_DTYPE for t in MMA_TILES)
-VARIANTS: list[str] = [mma_entry(a, t) for a in ALGO_DTYPE for t in MMA_TILES]
+# The multistage TF32 kernel: (BM, BN) -> (warps along M, warps along N, pipeline stages, blocks per SM that
+# __launch_bounds__ asks the register allocator to allow)
+MS_ALGO = "mma_tf32_ms"
+MS_TILES: dict[tuple[int, int], tuple[int, int, int, int]] = {
+    (128, 128): (2, 4, 4, 2), (128, 64): (2, 2, 4, 3), (64, 128): (1, 4, 4, 3), (64, 64): (2, 2, 4, 4),
+    (64, 32): (2, 2, 4, 4)}
+MS_BK = 16
+
+
+def ms_entry(tile: tuple[int, int]) -> str:
+    return f"fuser_conv_{MS_ALGO}_{tile[0]}x{tile[1]}_f32"
+
+
+def ms_threads(tile: tuple[int, int]) -> int:
+    return MS_TILES[tile][0] * MS_TILES[tile][1] * 32
+
+
+def ms_smem_bytes(tile: tuple[int, int]) -> int:
+    """Dynamic shared memory of the CUDA build: stages x (A [BM][16] + B [16][BN + 8]) fp32 words."""
+    bm, bn = tile
+    return MS_TILES[tile][2] * (bm * MS_BK + MS_BK * (bn + 8)) * 4
+
+
+def _ms_entry_line(tile: tuple[int, int]) -> str:
+    wgm, wgn, stages, minb = MS_TILES[tile]
+    return f"FUSER_MS_ENTRY({ms_entry(tile)}, {tile[0]}, {tile[1]}, {wgm}, {wgn}, {stages}, {minb})\n"
+
+
+SOURCE = (COMMON_SOURCE + _MMA_SOURCE + "".join(_entry_line(a, t) for a in ALGO_DTYPE for t in MMA_TILES)
+          + _MS_SOURCE + "".join(_ms_entry_line(t) for t in MS_TILES))
+VARIANTS: list[str] = [mma_entry(a, t) for a in ALGO_DTYPE for t in MMA_TILES] + [ms_entry(t) for t in MS_TILES]
 
 
 def entry_source(algo: str, tile: tuple[int, int]) -> str:
+    if algo == MS_ALGO:
+        return COMMON_SOURCE + _MMA_SOURCE + _MS_SOURCE + _ms_entry_line(tile)
     return COMMON_SOURCE + _MMA_SOURCE + _entry_line(algo, tile)
+
+
+def entry_name(algo: str, tile: tuple[int, int]) -> str:
+    return ms_entry(tile) if algo == MS_ALGO else mma_entry(algo, tile)
+
+
+def all_entries() -> list[tuple[str, tuple[int, int]]]:
+    """(algo, tile) of every tensor-core entry point."""
+    return [(a, t) for a in ALGO_DTYPE for t in MMA_TILES] + [(MS_ALGO, t) for t in MS_TILES]
 
 
 def pack_weights_mk(w: np.ndarray, g, kmaj: bool = False, dtype=np.float16) -> np.ndarray:
@@ -406,3 +750,64 @@ class MmaTactic(_GemmTactic):
     def threads(self) -> int:
         wgm, wgn = MMA_TILES[self.tile]
         return wgm * wgn * 32
+
+
+def round_tf32(a: np.ndarray) -> np.ndarray:
+    """fp32 -> the nearest TF32 value (ties away from zero, as ``cvt.rna.tf32.f32``), kept as fp32; NaN stays."""
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    bits = a.view(np.uint32)
+    out = ((bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(np.float32)
+    return np.where(np.isnan(a), a, out)
+
+
+def _opt_in_shared(backend, fn, nbytes: int) -> None:
+    """Let ``fn`` take ``nbytes`` of dynamic shared memory (above the 48 KiB default) and prefer the largest
+    shared-memory carveout, so that as many blocks fit on an SM as their registers allow."""
+    if backend.name != "cuda" or nbytes == 0:
+        return
+    drv = backend._drv  # noqa: SLF001 - the backend's own driver handle
+    attrs = drv.CUfunction_attribute
+    want = [(attrs.CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, 100)]
+    if nbytes > 48 * 1024:
+        want.append((attrs.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, int(nbytes)))
+    for attr, value in want:
+        res = drv.cuFuncSetAttribute(fn, attr, value)
+        if int(res[0]) != 0:
+            raise RuntimeError(f"cuFuncSetAttribute({attr}, {value}) failed: {res[0]!r}")
+
+
+class MmaMsTactic(_GemmTactic):
+    """``mma_tf32_ms``: the multistage cp.async TF32 kernel (fp32 tensors)."""
+
+    family_name = NAME
+    algo = MS_ALGO
+    vec_width = 4
+    bk = MS_BK
+
+    def __init__(self, backend, g, dtype, w, bias, tile, epi, splits: int | None = None) -> None:
+        if np.dtype(dtype) != np.float32:
+            raise ValueError(f"{MS_ALGO} runs float32 tensors, not {np.dtype(dtype).name}")
+        super().__init__(backend, g, np.dtype(dtype), w, bias, tile, epi, splits)
+        # the channel walk serves 1x1 convs as well (their k order is the same either way)
+        self.walk = self.kmaj or (g.kh * g.kw == 1 and g.cg % self.bk == 0)
+        self.smem = ms_smem_bytes(tile) if backend.name == "cuda" else 0   # elsewhere: static shared
+        _opt_in_shared(backend, self.fn, self.smem)
+
+    def pack(self, w: np.ndarray):
+        p = round_tf32(pack_weights_mk(w, self.g, self.kmaj, np.float32))
+        return self.backend.upload(p), p.shape[2], p.shape[1]
+
+    def kmode(self, x: int) -> int:
+        g = self.g
+        if g.pointwise and g.ohw % 4 == 0 and x % 16 == 0:
+            return 2      # a plain GEMM over NCHW: 16-byte copies of 4 pixels
+        return 1 if self.walk else 0
+
+    def entry_name(self) -> str:
+        return ms_entry(self.tile)
+
+    def source(self) -> str:
+        return entry_source(MS_ALGO, self.tile)
+
+    def threads(self) -> int:
+        return ms_threads(self.tile)
