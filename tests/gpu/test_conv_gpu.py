@@ -44,6 +44,9 @@ CASES = [
     ((2, 32, 13, 11), (48, 32, 3, 3), {"strides": [2, 1], "pads": [1, 0, 2, 1], "dilations": [1, 2]}),
     ((1, 64, 9, 9), (40, 32, 3, 3), {"group": 2, "pads": [1, 1, 1, 1]}),
     ((1, 32, 10, 10), (24, 32, 5, 5), {"pads": [2, 2, 2, 2], "strides": [2, 2]}),
+    # 1x1 stride 1 with H*W % 4 == 0: mma_tf32_ms's 16-byte gather (tiles across images, a k tail, Cg % 16 == 0)
+    ((3, 20, 6, 10), (36, 20, 1, 1), {}),
+    ((2, 64, 8, 12), (130, 64, 1, 1), {}),
 ]
 DW_CASES = [
     ((2, 16, 13, 15), (16, 1, 3, 3), {"group": 16, "pads": [1, 1, 1, 1]}),
@@ -132,7 +135,8 @@ def test_tactic_matches_reference(be, case, dtype, tactic) -> None:
     assert err <= tol_for(tactic, dtype), f"rel-L2 {err:.3g}"
 
 
-ACT_TACTICS = ["igemm_64x64", "mma_tf32_64x64", "mma_f16_64x64", "winograd", "depthwise"]
+ACT_TACTICS = ["igemm_64x64", "mma_tf32_64x64", "mma_tf32_ms_64x64", "mma_tf32_ms_128x128", "mma_f16_64x64",
+               "winograd", "depthwise"]
 
 
 @pytest.mark.parametrize("act", ACTIVATIONS)
@@ -150,12 +154,15 @@ def test_activations_and_residual(be, act, tactic, after) -> None:
     assert err <= tol_for(tactic, dtype) * (2 if act in ("Sigmoid", "SiLU", "Tanh") else 1), f"rel-L2 {err:.3g}"
 
 
-@pytest.mark.parametrize("tactic", ["igemm_32x32", "mma_tf32_64x64", "mma_f16_128x128", "winograd", "depthwise"])
+@pytest.mark.parametrize("tactic", ["igemm_32x32", "mma_tf32_64x64", "mma_tf32_ms_64x32", "mma_tf32_ms_1x1",
+                                    "mma_f16_128x128", "winograd", "depthwise"])
 @pytest.mark.parametrize("offs", [(1, 1), (0, 1), (1, 0)], ids=["both+1", "out+1", "in+1"])
 def test_misaligned_pointers(be, tactic, offs) -> None:
     dtype = np.float16 if tactic.startswith("mma_f16") else np.float32
     if tactic == "depthwise":
         case = ((1, 8, 9, 12), (8, 1, 3, 3), {"group": 8, "pads": [1, 1, 1, 1]})
+    elif tactic == "mma_tf32_ms_1x1":   # a misaligned input turns the 16-byte pointwise gather off
+        tactic, case = "mma_tf32_ms_64x64", ((2, 16, 6, 8), (24, 16, 1, 1), {})
     else:
         case = ((1, 8, 9, 12), (16, 8, 3, 3), {"pads": [1, 1, 1, 1]})
     got, want = launch(be, *case, dtype, tactic, residual=True, seed=seed_of(tactic, offs), x_off=offs[0],
@@ -163,7 +170,8 @@ def test_misaligned_pointers(be, tactic, offs) -> None:
     assert rel_l2(got, want) <= tol_for(tactic, dtype)
 
 
-@pytest.mark.parametrize("tactic", ["igemm_64x64", "igemm_128x128", "mma_tf32_64x64", "mma_f16_128x128"])
+@pytest.mark.parametrize("tactic", ["igemm_64x64", "igemm_128x128", "mma_tf32_64x64", "mma_tf32_ms_64x64",
+                                    "mma_tf32_ms_128x128", "mma_f16_128x128"])
 @pytest.mark.parametrize("splits", [2, 3, 7])
 @pytest.mark.parametrize("after", [False, True], ids=["res-before", "res-after"])
 def test_split_k(be, tactic, splits, after) -> None:

@@ -258,7 +258,8 @@ def test_emulated_split_k_residual_after(emu_be) -> None:
 
 
 @needs_cxx
-@pytest.mark.parametrize("tactic,splits", [("igemm_32x32", 3), ("mma_tf32_64x64", 2), ("igemm_64x128", 4)])
+@pytest.mark.parametrize("tactic,splits", [("igemm_32x32", 3), ("mma_tf32_64x64", 2), ("igemm_64x128", 4),
+                                           ("mma_tf32_ms_64x64", 2)])
 def test_emulated_split_k_twice(emu_be, tactic, splits) -> None:
     """Split-K: right, and its workspace is clean again for the next launch (run twice)."""
     rng = np.random.default_rng(seed_of("split", tactic))
@@ -274,6 +275,77 @@ def test_emulated_split_k_twice(emu_be, tactic, splits) -> None:
         emu_be.copy_dtoh(got, yb.ptr)
         err = np.linalg.norm(got - want) / np.linalg.norm(want)
         assert err < (3e-3 if tactic.startswith("mma_tf32") else 1e-6)
+
+
+# The multistage TF32 kernel on every gather (0 = k table, 1 = channel walk, 2 = 16-byte pointwise), every
+# tile, every residual mode (0 none, 1 before the activation, 2 after), groups, strides, asymmetric pads,
+# dilation, 1-D, tiles that straddle images, a k tail, split-K.
+EMU_MS = [  # x, w, attrs, tile, residual mode, gather, splits
+    ((2, 5, 9, 7), (12, 5, 3, 3), {"pads": [1, 1, 1, 1]}, "64x64", 1, 0, None),
+    ((1, 6, 8, 9), (10, 3, 3, 2), {"group": 2, "strides": [2, 1], "pads": [1, 0, 0, 1], "dilations": [1, 2]},
+     "64x32", 2, 0, None),
+    ((2, 8, 11), (6, 8, 3), {"pads": [2, 1], "strides": [2]}, "64x32", 0, 0, None),
+    ((1, 32, 7, 6), (40, 32, 3, 3), {"strides": [2, 1], "pads": [1, 0, 2, 1], "dilations": [1, 2]}, "128x64", 0,
+     1, None),
+    ((1, 32, 5, 6), (36, 16, 3, 3), {"group": 2, "pads": [1, 1, 1, 1]}, "64x128", 1, 1, None),
+    ((1, 32, 5, 5), (20, 32, 1, 1), {}, "64x64", 2, 1, None),
+    ((3, 20, 2, 6), (36, 20, 1, 1), {}, "64x32", 2, 2, None),
+    ((2, 48, 4, 4), (70, 48, 1, 1), {}, "64x64", 1, 2, 2),
+    ((1, 16, 6, 5), (24, 16, 3, 3), {"pads": [1, 1, 1, 1]}, "128x128", 2, 1, None),
+]
+
+
+@needs_cxx
+@pytest.mark.parametrize("case", EMU_MS, ids=[f"{'x'.join(map(str, c[0]))}-{c[3]}-res{c[4]}-gather{c[5]}"
+                                              for c in EMU_MS])
+def test_emulated_multistage_tf32(emu_be, case) -> None:
+    xs, ws, attrs, tile, res_mode, gather, splits = case
+    rng = np.random.default_rng(seed_of("ms", case[:5]))
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = (rng.standard_normal(ws) / np.sqrt(np.prod(ws[1:]))).astype(np.float32)
+    b = rng.standard_normal(ws[0]).astype(np.float32)
+    r = conv.Runner(emu_be, xs, np.float32, w, b, residual=res_mode > 0, residual_after=res_mode == 2,
+                    activation="LeakyRelu", alpha=0.1, tactic=f"mma_tf32_ms_{tile}", splits=splits, **attrs)
+    assert r.tactic == f"mma_tf32_ms_{tile}" and (splits is None or r.impl.splits == splits)
+    res = rng.standard_normal(r.output_shape).astype(np.float32) if res_mode else None
+    bufs = [emu_be.upload(x)] + ([emu_be.upload(res)] if res_mode else [])
+    assert r.impl.kmode(bufs[0].ptr) == gather
+    yb = emu_be.upload(np.full(r.output_shape, np.nan, np.float32))
+    want = conv.reference(x, w, b, res, "LeakyRelu", alpha=0.1, residual_after=res_mode == 2, **attrs)
+    for _ in range(2 if splits else 1):    # split-K leaves its workspace clean for the next launch
+        r([bb.ptr for bb in bufs], yb.ptr)
+        got = np.empty(r.output_shape, np.float32)
+        emu_be.copy_dtoh(got, yb.ptr)
+        err = np.linalg.norm(got.astype(np.float64) - want) / np.linalg.norm(want.astype(np.float64))
+        assert err <= 1e-3, f"rel-L2 {err:.3g}"    # TF32 operands (rounded): ~2e-4
+
+
+@needs_cxx
+def test_multistage_gather_choice(emu_be) -> None:
+    """16-byte pointwise gather only for a 1x1 stride-1 conv with H*W % 4 == 0 on a 16-byte aligned input."""
+    w = np.ones((8, 16, 1, 1), np.float32)
+    r = conv.Runner(emu_be, (1, 16, 4, 6), np.float32, w, tactic="mma_tf32_ms_64x32")
+    assert [r.impl.kmode(p) for p in (4096, 4100, 4104)] == [2, 1, 1]
+    r = conv.Runner(emu_be, (1, 16, 5, 5), np.float32, w, tactic="mma_tf32_ms_64x32")
+    assert r.impl.kmode(4096) == 1
+    r = conv.Runner(emu_be, (1, 16, 8, 8), np.float32, w, tactic="mma_tf32_ms_64x32", strides=[2, 2])
+    assert r.impl.kmode(4096) == 1
+    r = conv.Runner(emu_be, (1, 12, 8, 8), np.float32, np.ones((8, 12, 1, 1), np.float32), tactic="mma_tf32_ms_64x32",
+                    strides=[2, 2])
+    assert r.impl.kmode(4096) == 0
+
+
+def test_round_tf32() -> None:
+    from fuser.kernels.conv_mma import round_tf32
+
+    one_ulp = np.float32(2.0 ** -10)
+    a = np.array([1.0, 1.0 + one_ulp / 2, 1.0 + one_ulp / 4, -(1.0 + one_ulp / 2), np.inf, -np.inf, np.nan, 0.0],
+                 np.float32)
+    got = round_tf32(a)
+    np.testing.assert_array_equal(got[:6], [1.0, 1.0 + one_ulp, 1.0, -(1.0 + one_ulp), np.inf, -np.inf])
+    assert np.isnan(got[6]) and got[7] == 0.0
+    assert not (round_tf32(np.random.default_rng(0).standard_normal(100).astype(np.float32)).view(np.uint32)
+                & 0x1FFF).any()
 
 
 @needs_cxx
