@@ -4,7 +4,8 @@ Per problem (N, Cin, H, W, Cout, K; stride 1, pad K//2): BN (random statistics) 
 weights and bias in float64 (what fold_bn does), and our fused kernel computes conv + bias + LeakyReLU(0.1)
 in one launch. Baselines, in the same process: eager ``conv2d -> batch_norm -> leaky_relu`` (three
 launches) and ``conv2d`` alone (cuDNN), both with ``torch.backends.cudnn.allow_tf32 = False`` for fp32;
-TF32: our ``mma_tf32`` tactic vs cuDNN conv alone with TF32 allowed; fp16: our ``mma_f16`` vs cuDNN fp16.
+TF32: our ``mma_tf32`` (register double buffer) and ``mma_tf32_ms`` (multistage cp.async) tactics vs cuDNN conv
+alone with TF32 allowed; fp16: our ``mma_f16`` vs cuDNN fp16.
 
 Method (as bench_kernels.py): each op is captured ``inner`` times into a CUDA graph, rotating over
 enough input/output sets to exceed 3x L2 when one set fits in it, the graph is replayed after warm-up,
@@ -12,7 +13,10 @@ timed with CUDA events; the median replay / inner is reported. Inputs are fresh 
 SNR in dB and relative L2 against a float64 reference computed on the GPU (torch float64), for ours
 and for cuDNN.
 
-Usage: python bench/bench_conv.py [--out DIR] [--quick] [--tactics]   (--tactics: time every tactic)
+Usage: python bench/bench_conv.py [--out DIR] [--quick] [--tactics] [--tf32-only] [--tf32-tactics T,..]
+       [--ms-stages TILE:S,..] [--cases NAME,..]
+(--tactics: time every tactic; --tf32-only: only cuDNN TF32 and our TF32 tactics; --ms-stages 128x128:5: also
+time the multistage kernel of that tile built with S pipeline stages, reported as ``<tactic>@s<S>``)
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fuser.kernels import conv
+from fuser.kernels import conv, conv_mma
 from fuser.kernels.backend import select_backend
 
 PROBLEMS = [  # name, N, Cin, H, W, Cout, K (seed report table 1)
@@ -105,6 +109,8 @@ def run_problem(be, name, n, c, h, w, m, k, dtype, args, l2: int) -> dict:
     row = {"case": name, "shape": [n, c, h, w, m, k], "dtype": np.dtype(dtype).name,
            "gflop": 2 * n * h * w * m * c * k * k / 1e9}
     tf32_modes = [False, True] if dtype == np.float32 else [False]
+    if args.tf32_only:
+        tf32_modes = [True]
     for tf32 in tf32_modes:
         torch.backends.cudnn.allow_tf32 = tf32
         tag = "_tf32" if tf32 else ""
@@ -124,17 +130,40 @@ def run_problem(be, name, n, c, h, w, m, k, dtype, args, l2: int) -> dict:
             cands.append("winograd")
         if "igemm" not in cands:
             cands.append("igemm")
-        tf32_cands = ["mma_tf32"] + (["mma_tf32_128x128", "mma_tf32_64x64"] if args.tactics else [])
+        if args.tf32_tactics:
+            tf32_cands = args.tf32_tactics.split(",")
+        else:
+            tf32_cands = ["mma_tf32", "mma_tf32_ms"]
+            if args.tactics:
+                tf32_cands += [t for t in conv.candidate_tactics(geom, dtype, allow_tf32=True)
+                               if t.startswith("mma_tf32")]
+        if args.tf32_only:
+            cands = []
     else:
         cands, tf32_cands = ["mma_f16"] + (["mma_f16_128x128", "mma_f16_64x64", "igemm"] if args.tactics else []), []
     wnp = wf.cpu().numpy() if dtype == np.float32 else wf.float().cpu().numpy().astype(np.float16)
     bnp = bf.cpu().numpy()
     ours = {}
-    for i, t in enumerate(cands + tf32_cands):
-        r = conv.Runner(be, (n, c, h, w), dtype, wnp, bnp, activation="LeakyRelu", alpha=ALPHA, tactic=t,
-                        allow_tf32=t.startswith("mma_tf32"), pads=[pad] * 4)
-        name_t = r.tactic
+    variants = [(t, None) for t in cands + tf32_cands]
+    if dtype == np.float32:
+        for v in filter(None, (args.ms_stages or "").split(",")):
+            tile, _, st = v.partition(":")
+            variants.append((f"{conv_mma.MS_ALGO}_{tile}", int(st)))
+    for i, (t, stages) in enumerate(variants):
+        saved = None
+        if stages is not None:   # another pipeline depth: another source, so another module
+            tile = conv.parse_tactic(t)[1]
+            saved = conv_mma.MS_TILES[tile]
+            conv_mma.MS_TILES[tile] = (*saved[:2], stages, saved[3])
+        try:
+            r = conv.Runner(be, (n, c, h, w), dtype, wnp, bnp, activation="LeakyRelu", alpha=ALPHA, tactic=t,
+                            allow_tf32=t.startswith("mma_tf32"), pads=[pad] * 4)
+        finally:
+            if saved is not None:
+                conv_mma.MS_TILES[tile] = saved
+        name_t = r.tactic + (f"@s{stages}" if stages is not None else "")
         if name_t in ours:
+            ours[name_t]["req"].append(t)
             continue
         y = ys[0].fill_(float("nan"))
         r((xs[0].data_ptr(),), y.data_ptr())
@@ -143,7 +172,7 @@ def run_problem(be, name, n, c, h, w, m, k, dtype, args, l2: int) -> dict:
         snr, rel = acc(y, ref)
         ms = time_graph(lambda j, st, r=r: r((xs[j].data_ptr(),), ys[j].data_ptr(), st), nsets)
         ours[name_t] = {"ms": ms, "snr": snr, "rel": rel, "written": written, "tf32": t.startswith("mma_tf32"),
-                        "default": i == 0}
+                        "default": i == 0, "req": [t]}
         print(f"  {name} {np.dtype(dtype).name} {name_t}: {ms:.4f} ms, SNR {snr:.1f} dB, rel {rel:.2e}"
               f"{'' if written else ' NOT FULLY WRITTEN'}", flush=True)
     row["ours"] = ours
@@ -166,6 +195,11 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--tactics", action="store_true", help="time every candidate tactic")
     ap.add_argument("--fp16", action="store_true", help="also the fp16 rows")
+    ap.add_argument("--tf32-only", action="store_true", help="fp32 rows: only cuDNN TF32 and our TF32 tactics")
+    ap.add_argument("--tf32-tactics", default="", help="comma-separated TF32 tactics to time (default: "
+                    "mma_tf32,mma_tf32_ms, plus every TF32 tile with --tactics)")
+    ap.add_argument("--ms-stages", default="", help="TILE:STAGES,... extra pipeline depths of mma_tf32_ms")
+    ap.add_argument("--cases", default="", help="comma-separated problem names (default: all)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     be = select_backend("cuda")
@@ -176,6 +210,8 @@ def main() -> int:
     print(json.dumps(meta), flush=True)
     rows = []
     probs = PROBLEMS[:3] if args.quick else PROBLEMS
+    if args.cases:
+        probs = [p for p in probs if p[0] in args.cases.split(",")]
     t0 = time.time()
     for p in probs:
         rows.append(run_problem(be, *p, np.float32, args, l2))
@@ -201,6 +237,20 @@ def main() -> int:
         else:
             line += " | | | |"
         print(line)
+    tf_rows = [r for r in rows if "best_tf32" in r]
+    if tf_rows:
+        print("\nTF32 (ms): register kernel (launch rule) / multistage (launch rule) / fastest TF32 tactic")
+        print("| case | cuDNN TF32 | mma_tf32 (tile) | mma_tf32_ms (tile) | fastest (tactic) | fastest / cuDNN "
+              "| rel-L2 ours / cuDNN |")
+        print("|---|---|---|---|---|---|---|")
+        for r in tf_rows:
+            def by_req(req: str, r=r) -> str:
+                hit = [(k, v) for k, v in r["ours"].items() if req in v["req"]]
+                return f"{hit[0][1]['ms']:.4f} ({hit[0][0]})" if hit else "-"
+            b = r["ours"][r["best_tf32"]]
+            print(f"| {r['case']} | {r['cudnn_tf32']:.4f} | {by_req('mma_tf32')} | {by_req('mma_tf32_ms')} | "
+                  f"{b['ms']:.4f} ({r['best_tf32']}) | {b['ms'] / r['cudnn_tf32']:.2f} | "
+                  f"{b['rel']:.2e} / {r['cudnn_rel_tf32']:.2e} |")
     return 0
 
 
