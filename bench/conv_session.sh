@@ -2,7 +2,8 @@
 # One device call for the conv kernels: install the project (no network), compile every conv tactic in
 # parallel into the disk cache, run the conv GPU tests, then the conv benchmark (table printed last).
 # Logs in $OUT. Usage (device tool, carry .whl): bash bench/conv_session.sh [--no-tests] [bench_conv.py args]
-# Options by environment: PROFILE="N C H W M K tactic..." (ncu), NOBENCH=1, TUNE_CNN="resnet50 darknet53 ..."
+# Options by environment: PROFILE="N C H W M K tactic..." (ncu, after the bench), NOBENCH=1,
+# TUNE_CNN="resnet50 darknet53 ...", BENCH_TIMEOUT / PROFILE_TIMEOUT (seconds; default 400 / 240)
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -21,14 +22,14 @@ if [ "$TESTS" = 1 ]; then
         -c "$REPO/pyproject.toml" -m gpu "$REPO/tests/gpu/test_conv_gpu.py" 2>&1 | tee "$OUT/conv_gpu_tests.log" \
         | grep -E "passed|failed|Error|error|assert" | tail -25
 fi
-if [ -n "${PROFILE:-}" ]; then   # PROFILE="N C H W M K tactic ...": one ncu capture per tactic
-    timeout 240 ncu -k regex:fuser_conv --section SpeedOfLight --section Occupancy --section LaunchStats \
-        --section WarpStateStats --section SchedulerStats python3 "$REPO/bench/profile_conv.py" $PROFILE \
-        > "$OUT/ncu.txt" 2>&1
-    grep -E "fuser_conv|Duration|Compute \(SM\) Throughput|Registers Per|Achieved Occupancy|Warp Cycles Per Issued|Issued Warp Per|Block Limit Reg|Block Limit Shared" "$OUT/ncu.txt" | head -60
-fi
 if [ -z "${NOBENCH:-}" ]; then
-    timeout 400 python3 "$REPO/bench/bench_conv.py" --out "$OUT" "$@" 2>&1 | tee "$OUT/bench_conv.log" | tail -40
+    timeout "${BENCH_TIMEOUT:-400}" python3 "$REPO/bench/bench_conv.py" --out "$OUT" "$@" 2>&1 | tee "$OUT/bench_conv.log" | tail -40
+fi
+if [ -n "${PROFILE:-}" ]; then   # PROFILE="N C H W M K tactic ...": one ncu capture per tactic (after the bench)
+    timeout "${PROFILE_TIMEOUT:-240}" ncu --clock-control none -k regex:fuser_conv --section SpeedOfLight \
+        --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \
+        python3 "$REPO/bench/profile_conv.py" $PROFILE > "$OUT/ncu.txt" 2>&1
+    grep -E "fuser_conv|Duration|Compute \(SM\) Throughput|Registers Per|Achieved Occupancy|Warp Cycles Per Issued|Issued Warp Per|Block Limit Reg|Block Limit Shared|Stall" "$OUT/ncu.txt" | head -60
 fi
 if [ -n "${TUNE_CNN:-}" ]; then   # TUNE_CNN="resnet50 darknet53 ...": --tune on real exports, fp32 then TF32
     timeout 400 python3 "$REPO/bench/tune_cnn.py" --out "$OUT" $TUNE_CNN 2>&1 | tee "$OUT/tune_cnn.log" | tail -8
