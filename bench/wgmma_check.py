@@ -43,8 +43,9 @@ extern "C" __global__ void __launch_bounds__(128) fuser_wg_probe(const unsigned 
     fuser_wg_proxy_fence();
     __syncthreads();
     float s[32];
+    fuser_u32 qf[4][4];
     fuser_wg_fence();
-    fuser_wg_qk<0>(s, fuser_wg_desc(s_q, 16, 1024), fuser_wg_desc(s_k, 16, 1024));
+    fuser_wg_qk<0, 0>(s, qf, fuser_wg_desc(s_q, 16, 1024), fuser_wg_desc(s_k, 16, 1024));
     fuser_wg_commit();
     fuser_wg_wait<0>();
     fuser_wg_keep(s);

@@ -1079,7 +1079,7 @@ def plan(backend_name: str, dtype: np.dtype, d: int, dv: int, sq: int, skv: int,
     mma_ok = (backend_name == "cuda" and half and hd <= 128 and d % 8 == 0 and dv % 8 == 0 and aligned)
     # flash_wgmma (``arch``: the device's, ``nterms``: score terms): where it does not apply, flash_mma runs
     if tactic.startswith("flash_wgmma") or (tactic == "auto" and WGMMA_AUTO):
-        if _wg.supported(backend_name, arch, half, d, dv, aligned, nterms):
+        if _wg.supported(backend_name, arch, half, d, dv, aligned, nterms, skv):
             return _wg.plan(tactic[len("flash_wgmma_"):] if tactic.startswith("flash_wgmma_") else "")
         if tactic != "auto":
             tactic = "flash_mma" if mma_ok else "auto"

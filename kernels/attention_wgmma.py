@@ -12,19 +12,28 @@ The kernel (fp16/bf16, head dims D, Dv <= 64 in multiples of 8, no score terms; 
 - Q, K and V tiles live in shared memory in the 128-byte swizzle layout ``wgmma`` reads through a matrix
   descriptor: rows of 64 halves (128 bytes), 16-byte chunk c of row r stored at chunk c ^ (r % 8), tiles
   1024-byte aligned (the swizzle is a function of the address bits, so a tile must start on a pattern);
-- S = Q·Kᵀ: ``wgmma.m64nBCk16`` with both operands K-major from shared memory (four k-steps of 16 over D = 64,
-  each a 32-byte step of the descriptors' start address inside the swizzled rows), fp32 accumulators;
+- S = Q·Kᵀ: ``wgmma.m64nBCk16``, four k-steps of 16 over D = 64, fp32 accumulators; K K-major from shared
+  memory (a k-step is a 32-byte step of the descriptor's start address inside the swizzled rows); Q either from
+  shared memory the same way or (QR) from registers, its A-fragments loaded once with ``ldmatrix`` (half the
+  shared-memory reads of this GEMM);
 - the online softmax runs on the accumulators (the m64nN accumulator layout gives each thread two rows, g and
-  g + 8 of its warp's 16, spread over a quad: the row max and sum are two xor-shuffles), exp2 with the scale
-  and log2(e) folded into one FFMA on full tiles, -inf safe;
+  g + 8 of its warp's 16, spread over a quad: the row max is two xor-shuffles, the row sums stay per thread
+  until the end), exp2 with the scale and log2(e) folded into one FFMA on full tiles, -inf safe; the reference
+  max moves only when a row's max passes it by more than 8 (log2 units), so O's rescale is almost always
+  skipped after the first tiles (FlashAttention-4's conditional rescaling);
 - P is converted to fp16/bf16 in registers straight into ``wgmma``'s A-register fragments (the accumulator
   layout of S is the A layout of P, 16 keys per k-step) and O += P·V runs with V from shared memory through a
   descriptor with the transpose bit (V's rows are keys, so V is the MN-major B operand; same swizzled layout
   as K);
-- PIPE=1 overlaps the two GEMMs of consecutive tiles inside a warpgroup (FlashAttention-3's intra-warpgroup
+- the two GEMMs of consecutive tiles overlap inside a warpgroup (FlashAttention-3's intra-warpgroup
   pipelining): iteration kt issues S(kt) = Q·K(kt)ᵀ and then O += P(kt-1)·V(kt-1), waits for S only, runs
   tile kt's softmax while the tensor cores do P·V, then waits for O before rescaling it. K/V go three stages
-  deep there (V(kt-1) is still read while tile kt+1 lands).
+  deep (V(kt-1) is still read while tile kt+1 lands).
+
+Measured on H200 (BENCHMARKS.md, "flash_wgmma"): a non-pipelined loop, P·V and S serialised per warpgroup, was
+slower (and with Q in registers computed wrong results, unexplained, so it is gone); computing a quarter of the
+exponentials on the FMA pipe (the special-function unit is not the limit here: issue slots are) was slower;
+3 warpgroups per block or 128-key tiles were slower than 2 warpgroups and 64-key tiles.
 
 Every other case (terms, wider heads, other archs, AMD) is not this tactic: the launch rule falls back to
 ``flash_mma``. On anything but an ``sm_90a`` compile the entry points are stubs (a trap on NVIDIA, empty on AMD),
@@ -165,43 +174,32 @@ FUSER_INLINE void fuser_wg_pv(float (&o)[32], const fuser_u32 (&pa)[KS][4], fuse
     for (int kk = 0; kk < KS; ++kk) fuser_wgmma_rs<BF16, 1>(o, pa[kk], dv + (fuser_u64)(kk * 128), 1);
 }
 
-// 2^x for x <= 0 on the FMA pipe (the special-function unit does 16 exponentials per clock per SM, as many as
-// the tensor cores need at head dim 64, so the busiest phase of the softmax is MUFU-bound): x = j + f with
-// j = round(x) (the 1.5 * 2^23 trick puts j in the low mantissa bits), f in [-0.5, 0.5]; 2^f by a degree-3
-// fit (relative error 7.7e-5, under fp16's rounding of P), j added to the exponent field.
-FUSER_INLINE float fuser_wg_exp2_fma(float x) {
-    x = fmaxf(x, -126.0f);
-    const float r = x + 12582912.0f;
-    const float f = x - (r - 12582912.0f);
-    float y = fmaf(0.05508876592f, f, 0.24260465801f);
-    y = fmaf(y, f, 0.69327628613f);
-    y = fmaf(y, f, 0.99992889166f);
-    return __int_as_float(__float_as_int(y) + (__float_as_int(r) << 23));
-}
-
 // One tile of the online softmax on the S accumulators (NN chunks of 8 keys: element 4n + 2hr + e is row
-// row0 + 8hr, key k0 + 8n + 2t + e). Raw dot products become unnormalised probabilities against the running
-// max; alpha is the factor O must be scaled by. A full tile (every key valid and visible) with a positive scale
-// takes the max on the raw dot products and exp2(x * scale*log2e - m): one FFMA per score. l_r holds this
-// thread's partial row sums (its 2 columns of each chunk; alpha is the same across the quad), reduced at the end.
-// EP: on full tiles, the first EP chunks of 8 keys take their exponentials on the FMA pipe (fuser_wg_exp2_fma).
-template <int NN, int EP>
-FUSER_INLINE void fuser_wg_softmax(float (&s)[NN * 4], float (&m_r)[2], float (&l_r)[2], float (&alpha)[2],
+// row0 + 8hr, key k0 + 8n + 2t + e): raw dot products become unnormalised probabilities 2^(x - m) against a
+// reference max m per row (log2 units). A full tile (every key valid and visible) with a positive scale leaves
+// the scale to the exponent's FFMA (max on raw dot products; one FFMA per score); other tiles scale and mask
+// first. m moves only when a row's max passes it by more than 8 (P stays <= 2^8, fine in fp16/bf16 and for
+// the fp32 sums): after the first tiles O's rescale is then almost always skipped (the decision is warp-wide,
+// as O's fragment spans the warp). Returns whether O must be scaled by alpha (after its P·V has landed).
+// l_r holds this thread's partial row sums (its two columns of each chunk), reduced over the quad at the end.
+template <int NN>
+FUSER_INLINE bool fuser_wg_softmax(float (&s)[NN * 4], float (&m_r)[2], float (&l_r)[2], float (&alpha)[2],
                                    bool full, float sl, int causal, int skv, int row0, int k0, int t) {
     const bool fold = full && sl > 0.0f;
+    float sc = sl;
+    if (!fold) {
+        sc = 1.0f;
+#pragma unroll
+        for (int n = 0; n < NN; ++n)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int j = k0 + 8 * n + 2 * t + (i & 1), row = row0 + 8 * (i >> 1);
+                s[4 * n + i] = (j >= skv || (causal && j > row)) ? FUSER_NEG_INF : s[4 * n + i] * sl;
+            }
+    }
+    float mx[2];
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
-        const int row = row0 + 8 * hr;
-        if (!fold) {
-#pragma unroll
-            for (int n = 0; n < NN; ++n)
-#pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    const int j = k0 + 8 * n + 2 * t + e;
-                    const float x = s[4 * n + 2 * hr + e] * sl;
-                    s[4 * n + 2 * hr + e] = (j >= skv || (causal && j > row)) ? FUSER_NEG_INF : x;
-                }
-        }
         float mq[NN];
 #pragma unroll
         for (int n = 0; n < NN; ++n) mq[n] = fmaxf(s[4 * n + 2 * hr], s[4 * n + 2 * hr + 1]);
@@ -209,46 +207,59 @@ FUSER_INLINE void fuser_wg_softmax(float (&s)[NN * 4], float (&m_r)[2], float (&
         for (int w = 1; w < NN; w *= 2)
 #pragma unroll
             for (int n = 0; n + w < NN; n += 2 * w) mq[n] = fmaxf(mq[n], mq[n + w]);
-        float mx = mq[0];
-        mx = fmaxf(mx, fuser_shfl_xor(mx, 1));
-        mx = fmaxf(mx, fuser_shfl_xor(mx, 2));
-        if (fold) mx *= sl;
-        const float mn = fmaxf(m_r[hr], mx);
-        const float mu = mn == FUSER_NEG_INF ? 0.0f : mn;
-        alpha[hr] = fuser_exp2(m_r[hr] - mu);
+        mx[hr] = mq[0];
+    }
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+        mx[hr] = fmaxf(mx[hr], fuser_shfl_xor(mx[hr], 1));
+        mx[hr] = fmaxf(mx[hr], fuser_shfl_xor(mx[hr], 2)) * sc;
+    }
+    const bool grow = mx[0] > m_r[0] + 8.0f || mx[1] > m_r[1] + 8.0f;
+    const bool resc = __any_sync(0xffffffffu, grow);
+    alpha[0] = alpha[1] = 1.0f;
+    if (resc) {
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+            const float mn = fmaxf(m_r[hr], mx[hr]);
+            alpha[hr] = mn == FUSER_NEG_INF ? 1.0f : fuser_exp2(m_r[hr] - mn);
+            l_r[hr] *= alpha[hr];
+            m_r[hr] = mn;
+        }
+    }
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+        const float mu = m_r[hr] == FUSER_NEG_INF ? 0.0f : m_r[hr];
         float rs0 = 0.0f, rs1 = 0.0f;
 #pragma unroll
         for (int n = 0; n < NN; ++n) {
-            const float x0 = s[4 * n + 2 * hr], x1 = s[4 * n + 2 * hr + 1];
-            float p0, p1;
-            if (n < EP && fold) {
-                p0 = fuser_wg_exp2_fma(fmaf(x0, sl, -mu));
-                p1 = fuser_wg_exp2_fma(fmaf(x1, sl, -mu));
-            } else {
-                p0 = fuser_exp2(fold ? fmaf(x0, sl, -mu) : x0 - mu);
-                p1 = fuser_exp2(fold ? fmaf(x1, sl, -mu) : x1 - mu);
-            }
+            const float p0 = fuser_exp2(fmaf(s[4 * n + 2 * hr], sc, -mu));
+            const float p1 = fuser_exp2(fmaf(s[4 * n + 2 * hr + 1], sc, -mu));
             s[4 * n + 2 * hr] = p0;
             s[4 * n + 2 * hr + 1] = p1;
             rs0 += p0;
             rs1 += p1;
         }
-        l_r[hr] = fmaf(l_r[hr], alpha[hr], rs0 + rs1);
-        m_r[hr] = mn;
+        l_r[hr] += rs0 + rs1;
     }
+    return resc;
 }
 
 // The probabilities as wgmma A-fragments: k-step kk covers keys 16kk..16kk+15, i.e. accumulator chunks 2kk
 // (registers a0: row g, a1: row g+8) and 2kk+1 (a2, a3).
-template <int BF16, int NN>
-FUSER_INLINE void fuser_wg_pack(fuser_u32 (&pa)[NN / 2][4], const float (&s)[NN * 4]) {
+// HOLD (z is 0 at run time, unknown to the compiler): the new fragment is pack ^ (old & z), one LOP3 per register.
+// That reads the previous P, the A operand of the P·V still in flight, here, after that wgmma's wait: without a
+// real read ptxas sees those registers dead once the wgmma is issued (an empty asm never reaches the PTX), hands
+// them to the softmax's temporaries, and must then wait for the P·V before the softmax instead of after it.
+template <int BF16, int NN, int HOLD>
+FUSER_INLINE void fuser_wg_pack(fuser_u32 (&pa)[NN / 2][4], const float (&s)[NN * 4], fuser_u32 z) {
 #pragma unroll
-    for (int kk = 0; kk < NN / 2; ++kk) {
-        pa[kk][0] = fuser_wg_pack2<BF16>(s[8 * kk + 0], s[8 * kk + 1]);
-        pa[kk][1] = fuser_wg_pack2<BF16>(s[8 * kk + 2], s[8 * kk + 3]);
-        pa[kk][2] = fuser_wg_pack2<BF16>(s[8 * kk + 4], s[8 * kk + 5]);
-        pa[kk][3] = fuser_wg_pack2<BF16>(s[8 * kk + 6], s[8 * kk + 7]);
-    }
+    for (int kk = 0; kk < NN / 2; ++kk)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const fuser_u32 r = fuser_wg_pack2<BF16>(s[8 * kk + 2 * i], s[8 * kk + 2 * i + 1]);
+            if (HOLD) asm("lop3.b32 %0, %1, %2, %3, 0x6a;" : "=r"(pa[kk][i]) : "r"(pa[kk][i]), "r"(z), "r"(r));
+            else pa[kk][i] = r;
+        }
 }
 
 FUSER_INLINE void fuser_wg_rescale(float (&o)[32], const float (&alpha)[2]) {
@@ -259,9 +270,33 @@ FUSER_INLINE void fuser_wg_rescale(float (&o)[32], const float (&alpha)[2]) {
     }
 }
 
-template <int BF16, int NWG, int BC, int PIPE, int QR, int EP>
+// This thread's share of one K/V tile load: its 16-byte column of rows lr, lr + NT/8, ... of the tile (the swizzle
+// term lr % 8 is fixed per thread, so destinations are a base plus compile-time steps). ko/vo: element offsets of
+// this thread's first row in the head's K and V (32-bit: the launch rule keeps a head under 2^31 elements), kst/vst
+// the offsets between its rows; rows past rows_left (and columns past the head dim) are zero-filled from the
+// head's first element.
+template <int BC, int NT>
+FUSER_INLINE void fuser_wg_kv(fuser_u32 kdst, fuser_u32 vdst, const unsigned short* k, const unsigned short* v,
+                              int ko, int vo, int kst, int vst, int rows_left, bool dok, bool vok) {
+    enum { RPP = NT / 8, PASSES = (BC + RPP - 1) / RPP };
+    const int lr = threadIdx.x >> 3;
+#pragma unroll
+    for (int i = 0; i < PASSES; ++i) {
+        if (BC % RPP == 0 || lr + i * RPP < BC) {
+            const bool in = i * RPP < rows_left, kin = in && dok, vin = in && vok;
+            fuser_wg_cp16(kdst + i * RPP * 128, k + (kin ? ko + i * kst : 0), kin ? 16 : 0);
+            fuser_wg_cp16(vdst + i * RPP * 128, v + (vin ? vo + i * vst : 0), vin ? 16 : 0);
+        }
+    }
+}
+
+// Iteration kt of the pipelined loop issues S(kt) = Q·K(kt)ᵀ and then O += P(kt-1)·V(kt-1), waits for S only,
+// runs tile kt's softmax while the tensor cores do P·V, then waits for O before rescaling it and packing P(kt).
+// K/V go three stages deep: tile kt+1 lands (issued at the top of iteration kt) in the stage of tile kt-2, free
+// once every warpgroup passed the barrier (each waited for P(kt-2)·V(kt-2) in iteration kt-1).
+template <int BF16, int NWG, int BC, int QR, int HOLD>
 FUSER_INLINE void fuser_attn_wgmma(const fuser_attn_params& p) {
-    enum { NT = 128 * NWG, BR = 64 * NWG, NS = PIPE ? 3 : 2, NN = BC / 8, KS = BC / 16, TILE = BC * 128 };
+    enum { NT = 128 * NWG, BR = 64 * NWG, NS = 3, NN = BC / 8, KS = BC / 16, TILE = BC * 128 };
     extern __shared__ __align__(1024) unsigned char fuser_wg_smem[];
     // Q [BR][64], then NS stages of K [BC][64], then NS of V; the host adds 1024 bytes for this alignment
     const fuser_u32 s_q = (fuser_wg_smem_u32(fuser_wg_smem) + 1023u) & ~1023u;
@@ -275,86 +310,56 @@ FUSER_INLINE void fuser_attn_wgmma(const fuser_attn_params& p) {
     const unsigned short* k = (const unsigned short*)p.k + (fuser_i64)b * p.k_sb + (fuser_i64)hk * p.k_sh;
     const unsigned short* v = (const unsigned short*)p.v + (fuser_i64)b * p.v_sb + (fuser_i64)hk * p.v_sh;
     unsigned short* o = (unsigned short*)p.o + (fuser_i64)b * p.o_sb + (fuser_i64)h * p.o_sh;
-    const bool dok = (tid & 7) * 8 < p.D, vok = (tid & 7) * 8 < p.Dv;
+    const int lr = tid >> 3, lc = tid & 7;
+    const bool dok = lc * 8 < p.D, vok = lc * 8 < p.Dv;
     int ntiles = (p.Skv + BC - 1) / BC;
     if (p.causal) {
         const int last = (q0 + BR < p.Sq ? q0 + BR : p.Sq) - 1;
         const int lim = last / BC + 1;
         ntiles = ntiles < lim ? ntiles : lim;
     }
+    // this thread's K/V load slots: stage-0 destinations, element offsets of its first row in tile 0 (a tile is
+    // BC rows further), offsets between its rows
+    const fuser_u32 kd0 = s_k + lr * 128 + ((lc ^ (lr & 7)) << 4), vd0 = kd0 + NS * TILE;
+    int ko = lr * (int)p.k_ss + lc * 8, vo = lr * (int)p.v_ss + lc * 8;
+    const int kst = (NT / 8) * (int)p.k_ss, vst = (NT / 8) * (int)p.v_ss;
+    const int ktile = BC * (int)p.k_ss, vtile = BC * (int)p.v_ss;
     fuser_wg_tile<BR, NT>(s_q, q + (fuser_i64)q0 * p.q_ss, q, p.q_ss, p.Sq - q0, dok, tid);
-    if (ntiles > 0) {
-        fuser_wg_tile<BC, NT>(s_k, k, k, p.k_ss, p.Skv, dok, tid);
-        fuser_wg_tile<BC, NT>(s_v, v, v, p.v_ss, p.Skv, vok, tid);
-    }
+    if (ntiles > 0) fuser_wg_kv<BC, NT>(kd0, vd0, k, v, ko, vo, kst, vst, p.Skv - lr, dok, vok);
     fuser_wg_cp_commit();
     const int qw0 = q0 + wg * 64;                 // this warpgroup's first query row
     const int row0 = qw0 + warp * 16 + g;         // this thread's rows: row0 and row0 + 8
     const float sl = p.scale * FUSER_LOG2E;
+    const fuser_u32 zero = (fuser_u32)p.Skv >> 31;  // 0 (Skv >= 0), not known to the compiler: see fuser_wg_pack
     const fuser_u64 dq = fuser_wg_desc(s_q + wg * 64 * 128, 16, 1024);
     const fuser_u64 dk0 = fuser_wg_desc(s_k, 16, 1024), dv0 = fuser_wg_desc(s_v, TILE, 1024);
-    fuser_u32 qf[4][4];
-    if (QR) {  // Q's A-fragments once: ldmatrix.x4 of rows 16w..16w+15, 16-byte chunks 2kk and 2kk+1 (swizzled)
-        fuser_wg_cp_wait_all();
-        __syncthreads();
-        const int r = wg * 64 + warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {
-            const fuser_u32 addr = s_q + r * 128 + (((2 * kk + (lane >> 4)) ^ (lane & 7)) << 4);
-            asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
-                         : "=r"(qf[kk][0]), "=r"(qf[kk][1]), "=r"(qf[kk][2]), "=r"(qf[kk][3]) : "r"(addr));
-        }
-    }
     float oacc[32];
 #pragma unroll
     for (int i = 0; i < 32; ++i) oacc[i] = 0.0f;
     float m_r[2] = {FUSER_NEG_INF, FUSER_NEG_INF}, l_r[2] = {0.0f, 0.0f};
-    if (!PIPE) {
-        for (int kt = 0; kt < ntiles; ++kt) {
-            const int st = kt & 1, k0 = kt * BC;
-            fuser_wg_cp_wait_all();
-            fuser_wg_proxy_fence();
-            __syncthreads();  // tile kt visible; every warpgroup is done with tile kt-1's stage
-            if (kt + 1 < ntiles) {
-                const int n0 = k0 + BC;
-                fuser_wg_tile<BC, NT>(s_k + (st ^ 1) * TILE, k + (fuser_i64)n0 * p.k_ss, k, p.k_ss, p.Skv - n0, dok,
-                                      tid);
-                fuser_wg_tile<BC, NT>(s_v + (st ^ 1) * TILE, v + (fuser_i64)n0 * p.v_ss, v, p.v_ss, p.Skv - n0, vok,
-                                      tid);
-                fuser_wg_cp_commit();
-            }
-            float s[NN * 4];
-            fuser_wg_fence();
-            fuser_wg_qk<BF16, QR>(s, qf, dq, dk0 + (fuser_u64)(st * (TILE >> 4)));
-            fuser_wg_commit();
-            fuser_wg_wait<0>();
-            fuser_wg_keep(s);
-            const bool full = k0 + BC <= p.Skv && (!p.causal || k0 + BC - 1 <= qw0);
-            float alpha[2];
-            fuser_wg_softmax<NN, EP>(s, m_r, l_r, alpha, full, sl, p.causal, p.Skv, row0, k0, t);
-            fuser_wg_rescale(oacc, alpha);
-            fuser_u32 pa[KS][4];
-            fuser_wg_pack<BF16, NN>(pa, s);
-            fuser_wg_keep(oacc);
-            fuser_wg_keep(pa);
-            fuser_wg_fence();
-            fuser_wg_pv<BF16, KS>(oacc, pa, dv0 + (fuser_u64)(st * (TILE >> 4)));
-            fuser_wg_commit();
-            fuser_wg_wait<0>();
-            fuser_wg_keep(oacc);
-        }
-    } else if (ntiles > 0) {
-        // tile 0: S and its softmax only; its P·V is issued with tile 1's S
+    if (ntiles > 0) {
+        fuser_u32 qf[4][4];
         fuser_u32 pa[KS][4];
-        {
-            fuser_wg_cp_wait_all();
-            fuser_wg_proxy_fence();
-            __syncthreads();
-            if (1 < ntiles) {
-                fuser_wg_tile<BC, NT>(s_k + TILE, k + (fuser_i64)BC * p.k_ss, k, p.k_ss, p.Skv - BC, dok, tid);
-                fuser_wg_tile<BC, NT>(s_v + TILE, v + (fuser_i64)BC * p.v_ss, v, p.v_ss, p.Skv - BC, vok, tid);
-                fuser_wg_cp_commit();
+        // tile 0: S and its softmax only; its P·V is issued with tile 1's S
+        fuser_wg_cp_wait_all();
+        fuser_wg_proxy_fence();
+        __syncthreads();
+        ko += ktile;
+        vo += vtile;
+        int rows_left = p.Skv - BC - lr;  // of tile kt+1, from this thread's first row
+        if (1 < ntiles) fuser_wg_kv<BC, NT>(kd0 + TILE, vd0 + TILE, k, v, ko, vo, kst, vst, rows_left, dok, vok);
+        fuser_wg_cp_commit();
+        if (QR) {  // Q's A-fragments once: ldmatrix.x4 of rows 16w..16w+15, 16-byte chunks 2kk and 2kk+1 (swizzled)
+            const int r = wg * 64 + warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+#pragma unroll
+            for (int kk = 0; kk < 4; ++kk) {
+                const fuser_u32 addr = s_q + r * 128 + (((2 * kk + (lane >> 4)) ^ (lane & 7)) << 4);
+                asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                             : "=r"(qf[kk][0]), "=r"(qf[kk][1]), "=r"(qf[kk][2]), "=r"(qf[kk][3]) : "r"(addr)
+                             : "memory");
             }
+        }
+        {
             float s[NN * 4];
             fuser_wg_fence();
             fuser_wg_qk<BF16, QR>(s, qf, dq, dk0);
@@ -363,22 +368,22 @@ FUSER_INLINE void fuser_attn_wgmma(const fuser_attn_params& p) {
             fuser_wg_keep(s);
             const bool full = BC <= p.Skv && (!p.causal || BC - 1 <= qw0);
             float alpha[2];
-            fuser_wg_softmax<NN, EP>(s, m_r, l_r, alpha, full, sl, p.causal, p.Skv, row0, 0, t);
-            fuser_wg_pack<BF16, NN>(pa, s);
+            fuser_wg_softmax<NN>(s, m_r, l_r, alpha, full, sl, p.causal, p.Skv, row0, 0, t);
+            fuser_wg_pack<BF16, NN, 0>(pa, s, 0u);
         }
         int sp = 0, st = 1;  // stages of tiles kt-1 and kt
         for (int kt = 1; kt < ntiles; ++kt) {
             const int k0 = kt * BC;
-            const int sn = st == 2 ? 0 : st + 1;  // stage of tile kt+1 (that of kt-2: free after the barrier)
+            const int sn = st == 2 ? 0 : st + 1;  // stage of tile kt+1 (that of kt-2)
             fuser_wg_cp_wait_all();
             fuser_wg_proxy_fence();
             __syncthreads();
-            if (kt + 1 < ntiles) {
-                const int n0 = k0 + BC;
-                fuser_wg_tile<BC, NT>(s_k + sn * TILE, k + (fuser_i64)n0 * p.k_ss, k, p.k_ss, p.Skv - n0, dok, tid);
-                fuser_wg_tile<BC, NT>(s_v + sn * TILE, v + (fuser_i64)n0 * p.v_ss, v, p.v_ss, p.Skv - n0, vok, tid);
-                fuser_wg_cp_commit();
-            }
+            ko += ktile;
+            vo += vtile;
+            rows_left -= BC;
+            if (kt + 1 < ntiles)
+                fuser_wg_kv<BC, NT>(kd0 + sn * TILE, vd0 + sn * TILE, k, v, ko, vo, kst, vst, rows_left, dok, vok);
+            fuser_wg_cp_commit();
             float s[NN * 4];
             fuser_wg_keep(oacc);
             fuser_wg_keep(pa);
@@ -391,12 +396,15 @@ FUSER_INLINE void fuser_attn_wgmma(const fuser_attn_params& p) {
             fuser_wg_keep(s);
             const bool full = k0 + BC <= p.Skv && (!p.causal || k0 + BC - 1 <= qw0);
             float alpha[2];
-            fuser_wg_softmax<NN, EP>(s, m_r, l_r, alpha, full, sl, p.causal, p.Skv, row0, k0, t);
-            fuser_wg_wait<0>();
+            const bool resc = fuser_wg_softmax<NN>(s, m_r, l_r, alpha, full, sl, p.causal, p.Skv, row0, k0, t);
+            fuser_wg_keep(s);  // the exponentials before the wait (left alone, the compiler sinks them to their use)
+            // ptxas schedules within a basic block and hoists a wait above the independent exponentials of its block
+            // (the P·V overlap is then lost): a branch it cannot resolve (zero is 0) gives the wait a block of its own
+            if (zero == 0u) fuser_wg_wait<0>();
+            else fuser_wg_wait<0>();
             fuser_wg_keep(oacc);
-            fuser_wg_keep(pa);  // P(kt-1) is read until here: P(kt) is packed into its registers after it
-            fuser_wg_rescale(oacc, alpha);
-            fuser_wg_pack<BF16, NN>(pa, s);
+            if (resc) fuser_wg_rescale(oacc, alpha);
+            fuser_wg_pack<BF16, NN, HOLD>(pa, s, zero);
             sp = st;
             st = sn;
         }
@@ -430,36 +438,33 @@ FUSER_INLINE void fuser_attn_wgmma(const fuser_attn_params& p) {
 #endif  // sm_90a
 """
 
-# Entry points: NWG warpgroups (64 query rows each), BC keys per tile, PIPE (intra-warpgroup overlap), QR (Q from
-# registers in S = Q·Kᵀ, else from shared memory), EP (chunks of 8 keys per row whose exponentials run on the FMA
-# pipe on full tiles), and the minimum blocks per SM the registers are held to.
+# Entry points: NWG warpgroups (64 query rows each), BC keys per tile, QR (Q from registers in S = Q·Kᵀ, else from
+# shared memory), HOLD (P's registers held to the P·V's wait, fuser_wg_pack), minimum blocks per SM.
 ENTRY_MACROS = r"""
 #if defined(FUSER_CUDA) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define FUSER_ATTN_WG(NAME, BF16, NWG, BC, PIPE, QR, EP, MINB)                                           \
+#define FUSER_ATTN_WG(NAME, BF16, NWG, BC, QR, HOLD, MINB)                                               \
     FUSER_GLOBAL void __launch_bounds__(128 * NWG, MINB) NAME(const fuser_attn_params p) {                  \
-        fuser_attn_wgmma<BF16, NWG, BC, PIPE, QR, EP>(p);                                                \
+        fuser_attn_wgmma<BF16, NWG, BC, QR, HOLD>(p);                                                    \
     }
 #elif defined(FUSER_CUDA)
 // not an sm_90a compile: wgmma does not exist here; the launch rule never picks these entries
-#define FUSER_ATTN_WG(NAME, BF16, NWG, BC, PIPE, QR, EP, MINB)                                           \
+#define FUSER_ATTN_WG(NAME, BF16, NWG, BC, QR, HOLD, MINB)                                               \
     FUSER_GLOBAL void NAME(const fuser_attn_params p) { asm volatile("trap;"); }
 #else
-#define FUSER_ATTN_WG(NAME, BF16, NWG, BC, PIPE, QR, EP, MINB) FUSER_GLOBAL void NAME(const fuser_attn_params p) {}
+#define FUSER_ATTN_WG(NAME, BF16, NWG, BC, QR, HOLD, MINB) FUSER_GLOBAL void NAME(const fuser_attn_params p) {}
 #endif
 """
 
-# variant -> (warpgroups, keys per tile, pipelined, Q in registers, FMA-pipe exponential chunks, min blocks per SM)
-WG_VARIANTS: dict[str, tuple[int, int, int, int, int, int]] = {
-    "2n64p": (2, 64, 1, 0, 0, 2),
-    "2n64q": (2, 64, 0, 1, 0, 2),
-    "2n64pq": (2, 64, 1, 1, 0, 2),
-    "2n64pqe": (2, 64, 1, 1, 2, 2),
-    "1n64pq": (1, 64, 1, 1, 0, 4),
-    "3n64pq": (3, 64, 1, 1, 0, 1),
-    "3n64pqe": (3, 64, 1, 1, 2, 1),
-    "2n128pq": (2, 128, 1, 1, 0, 1),
+# variant -> (warpgroups, keys per tile, Q in registers, hold P's registers, min blocks per SM)
+WG_VARIANTS: dict[str, tuple[int, int, int, int, int]] = {
+    "2n64": (2, 64, 0, 1, 2),
+    "2n64q": (2, 64, 1, 1, 2),
+    "2n64qx": (2, 64, 1, 0, 2),
+    "1n64q": (1, 64, 1, 1, 4),
+    "1n64q3": (1, 64, 1, 1, 3),
+    "3n64q": (3, 64, 1, 1, 1),
 }
-WG_DEFAULT = "2n64p"   # measured on H200: see BENCHMARKS.md
+WG_DEFAULT = "2n64q"   # measured on H200: see BENCHMARKS.md
 
 
 def entries_source(sfx: str) -> str:
@@ -477,16 +482,17 @@ VARIANTS: list[str] = [f"fuser_attn_wg{v}_{s}" for s in ("f16", "bf16") for v in
 
 
 def smem_bytes(variant: str) -> int:
-    nwg, bc, pipe = WG_VARIANTS[variant][:3]
-    ns = 3 if pipe else 2
-    return 64 * nwg * 128 + 2 * ns * bc * 128 + 1024  # Q, K and V stages, 1024 for the alignment
+    nwg, bc = WG_VARIANTS[variant][:2]
+    return 64 * nwg * 128 + 2 * 3 * bc * 128 + 1024  # Q, 3 stages of K and V, 1024 for the alignment
 
 
-def supported(backend_name: str, arch: str, half: bool, d: int, dv: int, aligned: bool, nterms: int) -> bool:
+def supported(backend_name: str, arch: str, half: bool, d: int, dv: int, aligned: bool, nterms: int,
+              skv: int = 0) -> bool:
     """Whether flash_wgmma takes this case: NVIDIA compute capability 9.0 (the sm_90a target), fp16/bf16, head dims
-    up to 64 in multiples of 8, 16-byte aligned rows, no score terms (causal is fine)."""
+    up to 64 in multiples of 8, 16-byte aligned rows, no score terms (causal is fine), a head's K/V under 2^31
+    elements (32-bit offsets in the loads)."""
     return (backend_name == "cuda" and arch == "sm_90" and half and 0 < d <= 64 and 0 < dv <= 64 and d % 8 == 0
-            and dv % 8 == 0 and aligned and nterms == 0)
+            and dv % 8 == 0 and aligned and nterms == 0 and (skv + 128) * max(d, dv) < 2**31)
 
 
 def plan(variant: str = "") -> dict:

@@ -237,8 +237,8 @@ def test_device_runtime_builds_attention_runners():
 
 @pytest.mark.parametrize("tactic,dtype,d,dv,causal,variant", [
     ("flash_wgmma", "float16", 64, 64, False, W.WG_DEFAULT),
-    ("flash_wgmma_2n64q", "bfloat16", 32, 48, True, "2n64q"),
-    ("flash_wgmma_1n64pq", "float16", 64, 8, False, "1n64pq"),
+    ("flash_wgmma_2n64", "bfloat16", 32, 48, True, "2n64"),
+    ("flash_wgmma_1n64q3", "float16", 64, 8, False, "1n64q3"),
 ])
 def test_wgmma_launch_rule(tactic, dtype, d, dv, causal, variant):
     be = FakeCuda()
