@@ -29,6 +29,10 @@ Tactics (the node's ``tactic`` attribute, else :func:`plan`):
   terms; causal is fine): the same algorithm on Hopper's warpgroup MMA (``wgmma``, compiled as its own module for
   ``sm_90a``), 64 query rows per warpgroup, Q/K/V through shared-memory matrix descriptors (128-byte swizzle),
   P from registers; source and launch rule in :mod:`attention_wgmma`. Any other case falls back to ``flash_mma``.
+- ``flash_tf32`` (fp32 on NVIDIA, only for models fused with ``--allow-tf32``; D and Dv multiples of 8 up to 128,
+  16-byte aligned rows, every term kind and causal): flash_mma's algorithm on TF32 tensor cores
+  (``mma.sync.m16n8k8``, operands rounded to TF32, fp32 accumulation and softmax); source and launch rule in
+  :mod:`attention_tf32`. Any other case takes the default rule.
 - ``gemm_softmax`` (the seed report's tactic, for short sequences): S = scale·Q Kᵀ + terms into an fp32
   workspace (a 64×64-tiled SIMT GEMM), one warp per row for the softmax (shuffle max/sum, in place), then
   O = P V (the same GEMM). Three launches and S×S floats of workspace.
@@ -47,6 +51,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import attention_tf32 as _tf
 from . import attention_wgmma as _wg
 from . import toolchain
 from .backend import Backend, DeviceBackend, DeviceBuffer, as_ptr, ceil_div
@@ -894,6 +899,8 @@ def source_for(sfx: str) -> str:
 SOURCE = COMMON + ENTRY_MACROS + "".join(_DTYPE_ENTRIES.values())
 # flash_wgmma's entries: stubs except in an sm_90a compile (runners build them as their own module, wgmma_source_for)
 SOURCE += _wg.SOURCE + _wg.ENTRY_MACROS + _wg.entries_source("f16") + _wg.entries_source("bf16")
+# flash_tf32's entries (runners build them as their own module, _tf.source_for)
+SOURCE += _tf.SOURCE + _tf.ENTRY_MACROS + _tf.ENTRIES
 
 
 def wgmma_source_for(sfx: str) -> str:
@@ -906,7 +913,7 @@ VARIANTS: list[str] = (
     + ["fuser_attn_softmax"]
     + [f"fuser_attn_mma{v}_{s}" for s in ("f16", "bf16") for v in ("64", "64n128", "64n128cb", "64pp", "128",
                                                                     "128cb")])
-VARIANTS += _wg.VARIANTS
+VARIANTS += _wg.VARIANTS + _tf.VARIANTS
 
 # flash_mma_n64 / _n128 pin the tensor-core kernel's keys per tile (n128: head dims up to 64);
 # flash_simt_r128 gives the CUDA-core kernel 128 query rows and 256 threads per block (head dims up to 64)
@@ -915,6 +922,8 @@ TACTICS = ("auto", "flash_mma", "flash_mma_n64", "flash_mma_n128", "flash_mma_pp
            "gemm_softmax")
 # flash_wgmma: Hopper's warpgroup MMA (sm_90 only); flash_wgmma_<variant> pins a variant of attention_wgmma.WG_VARIANTS
 TACTICS += ("flash_wgmma", *(f"flash_wgmma_{v}" for v in _wg.WG_VARIANTS))
+# flash_tf32: fp32 on TF32 tensor cores (--allow-tf32); _m1 / _m2 pin 16 or 32 query rows per warp, _trunc truncates K/V
+TACTICS += _tf.TACTICS
 MAX_TERMS = 2
 BC = 64
 # dtype codes of the term tensors (and the kernels' element types)
@@ -1076,6 +1085,10 @@ def plan(backend_name: str, dtype: np.dtype, d: int, dv: int, sq: int, skv: int,
     hd = max(d, dv)
     if tactic not in TACTICS:
         raise ValueError(f"unknown attention tactic {tactic!r}; known: {', '.join(TACTICS)}")
+    if tactic.startswith("flash_tf32"):  # where it does not apply (not NVIDIA, not fp32, odd head dims): the default
+        if _tf.supported(backend_name, str(dt) == "float32", d, dv, aligned):
+            return _tf.plan(d, dv, colbias, tactic[len("flash_tf32_"):] if tactic.startswith("flash_tf32_") else "")
+        tactic = "auto"
     mma_ok = (backend_name == "cuda" and half and hd <= 128 and d % 8 == 0 and dv % 8 == 0 and aligned)
     # flash_wgmma (``arch``: the device's, ``nterms``: score terms): where it does not apply, flash_mma runs
     if tactic.startswith("flash_wgmma") or (tactic == "auto" and WGMMA_AUTO):
@@ -1228,6 +1241,8 @@ class Runner:
             if kind == "flash_wgmma":  # its own module, compiled for the arch-specific target (sm_90a)
                 self.fn = backend.function(f"{NAME}_wgmma_{sfx}", wgmma_source_for(sfx), f"fuser_attn_{fam}_{sfx}",
                                            arch=toolchain.arch_specific(backend.name, backend.arch))
+            elif kind == "flash_tf32":  # its own module: the common code and the TF32 kernels only
+                self.fn = backend.function(f"{NAME}_tf32", _tf.source_for(COMMON), f"fuser_attn_{fam}_{sfx}")
             else:
                 self.fn = backend.function(f"{NAME}_{sfx}", src, f"fuser_attn_{fam}_{sfx}")
             _allow_shared(backend, self.fn, self.plan["smem"])
@@ -1256,7 +1271,7 @@ class Runner:
         for slot, ptr in zip(self._term_slots, inputs[3:], strict=True):
             p.term[slot].ptr = as_ptr(ptr)
         be = self.backend
-        if self.plan["tactic"] in ("flash_mma", "flash_wgmma") and (p.q | p.k | p.v | p.o) & 15:
+        if self.plan["tactic"] in ("flash_mma", "flash_wgmma", "flash_tf32") and (p.q | p.k | p.v | p.o) & 15:
             self._simt_fallback()(inputs, output, stream)  # cp.async moves 16-byte chunks
             return
         if self.plan["tactic"] == "gemm_softmax":
