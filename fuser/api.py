@@ -123,8 +123,9 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     """Rewrite ``model``; verify it against the original; write it to ``output`` (atomically).
 
     Every fused conv node gets a tactic (:mod:`fuser.tune`): the heuristic, or with ``tune`` the fastest
-    candidate timed on the GPU. ``allow_tf32`` admits TF32 tensor-core tactics and, when one is chosen,
-    widens the default verification tolerance of fp32 outputs to ``TF32_RTOL`` (said in the report).
+    candidate timed on the GPU. ``allow_tf32`` admits TF32 tensor-core tactics (conv ``mma_tf32``; fp32 attention
+    nodes get ``flash_tf32``) and, when one is chosen, widens the default verification tolerance of fp32 outputs
+    to ``TF32_RTOL`` (said in the report).
 
     Raises :class:`InputError` (exit 2) for bad input and :class:`VerificationError` (exit 1) when the
     rewritten model does not match; nothing is written then unless ``keep_on_fail``.
@@ -157,17 +158,18 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
         if tune and target != "hip":
             raise InputError("--tune picks kernels for fused nodes: it needs --target hip")
         if target == "hip":
-            from .tune import assign_tactics, tune_tactics
+            from .tune import assign_attention_tactics, assign_tactics, tune_tactics
 
             t_tune = time.perf_counter()
             tactics = assign_tactics(res.model, allow_tf32)
             if tune:
                 tactics = {i.node.name: i.tactic for i in tune_tactics(res.model, allow_tf32, device)}
                 timings["tune"] = time.perf_counter() - t_tune
+            tactics.update(assign_attention_tactics(res.model, allow_tf32))
             for rec in res.fusions:
                 if rec.fused_node in tactics:
                     rec.tactic = tactics[rec.fused_node]
-        if rtol is None and any(t.startswith("mma_tf32") for t in tactics.values()):
+        if rtol is None and any(t.startswith(("mma_tf32", "flash_tf32")) for t in tactics.values()):
             rtol = TF32_RTOL
 
         result = OptimizeResult(

@@ -18,6 +18,9 @@ Every ``FusedConv*`` node of a ``--target hip`` model names its tactic (see
   per-island cost included), and the node's note says so. Where onnxruntime has no GPU provider,
   ``library`` is timed as cuDNN through PyTorch when PyTorch is present (said so in the timings), else
   not timed (a kernel of ours then wins). TF32 tactics are candidates only with ``allow_tf32``.
+
+Attention: :func:`assign_attention_tactics` gives fused attention nodes on fp32 tensors the ``flash_tf32``
+tactic (TF32 tensor cores) when the model is fused with ``allow_tf32``; otherwise their ``tactic`` stays ``auto``.
 """
 
 from __future__ import annotations
@@ -112,6 +115,40 @@ def assign_tactics(model: onnx.ModelProto, allow_tf32: bool = False, backend_nam
         t = heuristic_tactic(info, allow_tf32, backend_name)
         _set_tactic(info.node, t)
         chosen[info.node.name] = t
+    return chosen
+
+
+# ---- attention ------------------------------------------------------------------------------------------
+ATTENTION_TF32 = "flash_tf32"  # kernels/attention_tf32.py: fp32 attention on TF32 tensor cores
+
+
+def _attention_is_fp32(node: onnx.NodeProto, elem_types: dict[str, int]) -> bool:
+    """Whether a fused attention node computes on fp32 tensors: Q's (else K's, V's) element type from the graph;
+    where the graph does not say, its softmax precision (FLOAT where the model computes in fp32, or upcast an
+    fp16 softmax: the launch rule falls back to the default kernel for fp16/bf16 tensors either way)."""
+    for name in node.input[:3]:
+        if name in elem_types:
+            return elem_types[name] == onnx.TensorProto.FLOAT
+    return int(node_attrs(node).get("softmax_precision", onnx.TensorProto.FLOAT)) == onnx.TensorProto.FLOAT
+
+
+def assign_attention_tactics(model: onnx.ModelProto, allow_tf32: bool = False) -> dict[str, str]:
+    """With ``allow_tf32``, every fused attention node on fp32 tensors gets tactic ``flash_tf32`` (in place; where
+    the node's shapes do not suit it the launch rule falls back to the default). Without it nothing changes (the
+    launch rule picks, fp32 stays on CUDA cores). Returns {node name: tactic} of the nodes it set."""
+    if not allow_tf32:
+        return {}
+    g = model.graph
+    elem_types = {v.name: v.type.tensor_type.elem_type for v in list(g.value_info) + list(g.input) + list(g.output)
+                  if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type}
+    elem_types.update({t.name: t.data_type for t in g.initializer})
+    chosen = {}
+    for n in g.node:
+        ft = parse_op_type(n.op_type) if n.domain == DOMAIN else None
+        if ft is None or ft.base != "Attention" or not _attention_is_fp32(n, elem_types):
+            continue
+        _set_tactic(n, ATTENTION_TF32)
+        chosen[n.name] = ATTENTION_TF32
     return chosen
 
 
