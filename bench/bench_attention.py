@@ -3,8 +3,8 @@
 Cases (issue: attention):
 - the seed report's shape: B=256, S=128, one head, D=64, fp32 — ours (flash_simt and the seed's
   gemm_softmax tactic) against PyTorch SDPA and the naive matmul-softmax-matmul; goal: <= SDPA;
-- B=8, 12 heads, S=512, D=64, fp16 and B=1, 12 heads, S=4096, D=64, fp16 — flash_mma against SDPA;
-  goal: <= 1.2x SDPA's time;
+- B=8, 12 heads, S=512, D=64, fp16 and B=1, 12 heads, S=4096, D=64, fp16 — flash_mma and (Hopper)
+  flash_wgmma against SDPA; goal: <= 1.2x SDPA's time;
 - info rows: bf16, causal, a BERT padding mask, LLaMA-style GQA (32/8 heads, D=128).
 
 Method (as bench_kernels.py): each call captured 20+ times into a CUDA graph, the replay timed with CUDA
@@ -32,6 +32,8 @@ from fuser.kernels import attention as A
 from fuser.kernels.backend import select_backend
 
 L2_FACTOR = 3
+# flash_wgmma (Hopper only; elsewhere these rows run flash_mma): the launch rule's pick, then pinned variants
+WGMMA = ["flash_wgmma", "flash_wgmma_2n64q", "flash_wgmma_1n64q3", "flash_wgmma_2n64"]
 
 
 def nsets_for(set_bytes: int, l2: int) -> int:
@@ -187,13 +189,14 @@ def main() -> int:
     rows += run_case(be, "seed B256 S128 H1 D64", 256, 1, 1, 128, 64, f32,
                      ["flash_simt", "flash_simt_r128", "gemm_softmax"], goal="<= SDPA fp32")
     rows += run_case(be, "B8 H12 S512 D64", 8, 12, 12, 512, 64, f16,
-                     ["flash_mma_n64", "flash_mma_n128", "flash_mma_pp", "flash_simt"], goal="<= 1.2x SDPA")
+                     ["flash_mma_n64", "flash_mma_n128", "flash_mma_pp", "flash_simt", *WGMMA], goal="<= 1.2x SDPA")
     rows += run_case(be, "B1 H12 S4096 D64", 1, 12, 12, 4096, 64, f16,
-                     ["flash_mma_n64", "flash_mma_n128", "flash_mma_pp"], goal="<= 1.2x SDPA", naive=False)
+                     ["flash_mma_n64", "flash_mma_n128", "flash_mma_pp", *WGMMA], goal="<= 1.2x SDPA", naive=False)
     if not args.quick:
-        rows += run_case(be, "B8 H12 S512 D64 bf16", 8, 12, 12, 512, 64, bf16, ["flash_mma"], goal="info")
-        rows += run_case(be, "B8 H12 S512 D64 causal", 8, 12, 12, 512, 64, f16, ["flash_mma", "flash_mma_pp"],
-                         causal=True, goal="info")
+        rows += run_case(be, "B8 H12 S512 D64 bf16", 8, 12, 12, 512, 64, bf16, ["flash_mma", "flash_wgmma"],
+                         goal="info")
+        rows += run_case(be, "B8 H12 S512 D64 causal", 8, 12, 12, 512, 64, f16,
+                         ["flash_mma", "flash_mma_pp", *WGMMA], causal=True, goal="info")
         rows += run_case(be, "BERT B8 S512 pad mask", 8, 12, 12, 512, 64, f16, ["flash_mma", "flash_mma_pp"], pad=True,
                          goal="info")
         rows += run_case(be, "GQA B2 H32/8 S1024 D128 causal", 2, 32, 8, 1024, 128, f16, ["flash_mma"], causal=True,

@@ -158,16 +158,18 @@ CASES = [  # b, h, hkv, sq, skv, d, dv, causal, kv_b1
 ]
 
 
-def time_case(be, name: str, b: int, h: int, s: int, causal: bool, variants: list[str], out: list[str]) -> None:
+def time_case(be, name: str, b: int, h: int, s: int, causal: bool, variants: list[str], out: list[str],
+              dtype: str = "float16") -> None:
     import bench_attention as BA
 
     d = 64
+    tdt = getattr(torch, dtype)
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     ns = BA.nsets_for(4 * b * h * s * d * 2, l2)
-    qs = [torch.randn(b, h, s, d, dtype=torch.float16, device="cuda") for _ in range(ns)]
-    ks = [torch.randn(b, h, s, d, dtype=torch.float16, device="cuda") for _ in range(ns)]
-    vs = [torch.randn(b, h, s, d, dtype=torch.float16, device="cuda") for _ in range(ns)]
-    os_ = [torch.empty(b, h, s, d, dtype=torch.float16, device="cuda") for _ in range(ns)]
+    qs = [torch.randn(b, h, s, d, dtype=tdt, device="cuda") for _ in range(ns)]
+    ks = [torch.randn(b, h, s, d, dtype=tdt, device="cuda") for _ in range(ns)]
+    vs = [torch.randn(b, h, s, d, dtype=tdt, device="cuda") for _ in range(ns)]
+    os_ = [torch.empty(b, h, s, d, dtype=tdt, device="cuda") for _ in range(ns)]
     flops = 4.0 * b * h * s * s * d * (0.5 if causal else 1.0)
     scale = 1 / math.sqrt(d)
 
@@ -179,16 +181,16 @@ def time_case(be, name: str, b: int, h: int, s: int, causal: bool, variants: lis
     print(out[-1], flush=True)
     ref = F.scaled_dot_product_attention(qs[0].double(), ks[0].double(), vs[0].double(), scale=scale,
                                          is_causal=causal)
-    for tac in [f"flash_wgmma_{v}" for v in variants] + ["flash_mma_n128"]:
+    for tac in ["flash_wgmma"] + [f"flash_wgmma_{v}" for v in variants] + ["flash_mma_n128"]:
         try:
-            r = A.Runner(be, qs[0].shape, ks[0].shape, vs[0].shape, "float16", scale, causal, (), False, tac)
+            r = A.Runner(be, qs[0].shape, ks[0].shape, vs[0].shape, dtype, scale, causal, (), False, tac)
 
             def ours(i, st, r=r):
                 r([qs[i].data_ptr(), ks[i].data_ptr(), vs[i].data_ptr()], os_[i].data_ptr(), st)
 
             ms = BA.time_graph(ours, ns)["median_ms"]
             err = float((os_[0].double() - ref).norm() / ref.norm())
-            out.append(f"{name} {tac}: {ms * 1e3:.1f} us {flops / ms / 1e9:.0f} TFLOP/s "
+            out.append(f"{name} {tac} ({r.plan.get('family', '')}): {ms * 1e3:.1f} us {flops / ms / 1e9:.0f} TFLOP/s "
                        f"x{ms / sdpa:.2f} SDPA, rel-L2 {err:.1e}")
         except Exception as e:  # noqa: BLE001
             out.append(f"{name} {tac}: {type(e).__name__}: {str(e)[:300]}")
@@ -197,8 +199,9 @@ def time_case(be, name: str, b: int, h: int, s: int, causal: bool, variants: lis
 
 def timing(be, variants: list[str], out: list[str]) -> None:
     for name, b, h, s in (("B8 H12 S512 D64", 8, 12, 512), ("B1 H12 S4096 D64", 1, 12, 4096),
-                          ("B8 H12 S512 D64 causal", 8, 12, 512)):
+                          ("B8 H12 S512 D64 causal", 8, 12, 512), ("B1 H12 S4096 D64 causal", 1, 12, 4096)):
         time_case(be, name, b, h, s, "causal" in name, variants, out)
+    time_case(be, "B8 H12 S512 D64 bf16", 8, 12, 512, False, [], out, "bfloat16")
 
 
 def main() -> int:

@@ -28,7 +28,8 @@ Tactics (the node's ``tactic`` attribute, else :func:`plan`):
 - ``flash_wgmma`` (fp16/bf16, NVIDIA compute capability 9.0 only, D and Dv multiples of 8 up to 64, no score
   terms; causal is fine): the same algorithm on Hopper's warpgroup MMA (``wgmma``, compiled as its own module for
   ``sm_90a``), 64 query rows per warpgroup, Q/K/V through shared-memory matrix descriptors (128-byte swizzle),
-  P from registers; source and launch rule in :mod:`attention_wgmma`. Any other case falls back to ``flash_mma``.
+  P from registers; source and launch rule in :mod:`attention_wgmma`. ``auto`` takes it where it applies and query
+  and key lengths reach 256 (measured faster than flash_mma there). Any other case falls back to ``flash_mma``.
 - ``flash_tf32`` (fp32 on NVIDIA, only for models fused with ``--allow-tf32``; D and Dv multiples of 8 up to 128,
   16-byte aligned rows, every term kind and causal): flash_mma's algorithm on TF32 tensor cores
   (``mma.sync.m16n8k8``, operands rounded to TF32, fp32 accumulation and softmax); source and launch rule in
@@ -1077,7 +1078,7 @@ def term_strides(spec: TermSpec, scores: tuple[int, int, int, int]) -> tuple[tup
 
 def plan(backend_name: str, dtype: np.dtype, d: int, dv: int, sq: int, skv: int, aligned: bool,
          tactic: str = "auto", colbias: bool = False,
-         arch: str = "", nterms: int = 0) -> dict:
+         arch: str = "", nterms: int = 0, causal: bool = False) -> dict:
     """The launch rule: tactic, entry (simt64/simt64r128/simt128, mma64/mma64n128/mma128), threads, rows per
     block, shared memory. Measured on H200 (BENCHMARKS.md): see the defaults below."""
     dt = np.dtype(dtype) if not isinstance(dtype, str) else dtype
@@ -1091,9 +1092,9 @@ def plan(backend_name: str, dtype: np.dtype, d: int, dv: int, sq: int, skv: int,
         tactic = "auto"
     mma_ok = (backend_name == "cuda" and half and hd <= 128 and d % 8 == 0 and dv % 8 == 0 and aligned)
     # flash_wgmma (``arch``: the device's, ``nterms``: score terms): where it does not apply, flash_mma runs
-    if tactic.startswith("flash_wgmma") or (tactic == "auto" and WGMMA_AUTO):
+    if tactic.startswith("flash_wgmma") or (tactic == "auto" and WGMMA_AUTO and min(sq, skv) >= WGMMA_AUTO_MIN_LEN):
         if _wg.supported(backend_name, arch, half, d, dv, aligned, nterms, skv):
-            return _wg.plan(tactic[len("flash_wgmma_"):] if tactic.startswith("flash_wgmma_") else "")
+            return _wg.plan(tactic[len("flash_wgmma_"):] if tactic.startswith("flash_wgmma_") else "", causal)
         if tactic != "auto":
             tactic = "flash_mma" if mma_ok else "auto"
     if tactic == "auto":  # head dims past 128 (rare) take the GEMM tactic, which tiles any D
@@ -1134,7 +1135,9 @@ def plan(backend_name: str, dtype: np.dtype, d: int, dv: int, sq: int, skv: int,
 MMA_D64 = "n128"       # the tensor-core kernel at head dims <= 64: n64 | n128 (keys per tile) | pp (pipelined);
                        # H200 run 4: n128 35.2 us / 0.217 ms, n64 36.5 / 0.236, pp 37.2 / 0.236 (S=512 / S=4096)
 SIMT_ROWS_D64 = 64     # query rows per block of the CUDA-core kernel at head dims <= 64
-WGMMA_AUTO = False     # auto: flash_wgmma where it applies (sm_90, fp16/bf16, head dims <= 64, no terms)
+WGMMA_AUTO = True      # auto: flash_wgmma where it applies (sm_90, fp16/bf16, head dims <= 64, no terms) and
+WGMMA_AUTO_MIN_LEN = 256  # query and key lengths reach this (measured there: H200, S = 512 and 4096, 1.3-1.6x
+                          # faster than flash_mma; shorter sequences are not measured, so they keep flash_mma)
 
 
 def _allow_shared(backend: DeviceBackend, fn, nbytes: int) -> None:
@@ -1191,7 +1194,7 @@ class Runner:
         colbias = len(terms) == 1 and terms[0].kind in ("bias", "winbias") and \
             term_strides(terms[0], (b, h, sq, skv))[0][2] == 0
         self.plan = plan(backend.name, self.dtype, d, dv, sq, skv, aligned, tactic, colbias,
-                         arch=backend.arch, nterms=len(terms))
+                         arch=backend.arch, nterms=len(terms), causal=bool(causal))
         pr = StructArgs()
         self.args = pr
         p = pr.params

@@ -30,10 +30,16 @@ The kernel (fp16/bf16, head dims D, Dv <= 64 in multiples of 8, no score terms; 
   tile kt's softmax while the tensor cores do P·V, then waits for O before rescaling it. K/V go three stages
   deep (V(kt-1) is still read while tile kt+1 lands).
 
-Measured on H200 (BENCHMARKS.md, "flash_wgmma"): a non-pipelined loop, P·V and S serialised per warpgroup, was
-slower (and with Q in registers computed wrong results, unexplained, so it is gone); computing a quarter of the
-exponentials on the FMA pipe (the special-function unit is not the limit here: issue slots are) was slower;
-3 warpgroups per block or 128-key tiles were slower than 2 warpgroups and 64-key tiles.
+Two ptxas behaviours shape the loop (checked in the SASS, `nvdisasm`): it schedules the wgmma wait of the P·V as
+early as its basic block allows, above the softmax's exponentials (so the overlap above silently vanished), which
+a branch it cannot resolve around the wait prevents; and it serialises wgmmas when the compiler's own code writes
+a wgmma's registers between its fence and wait, which empty "+r"/"+f" asm statements around the fences prevent.
+
+Tried on H200 and dropped (BENCHMARKS.md, "flash_wgmma"): a non-pipelined loop (S, softmax, P·V in turn) was
+slower, and with Q in registers it computed wrong results (not understood; gone with the loop); a quarter of the
+exponentials on the FMA pipe (the special-function unit is not the limit, issue slots are) was slower; 128-key
+tiles (register-bound to one block per SM) and 3 warpgroups per block were slower than 2 warpgroups on 64-key
+tiles.
 
 Every other case (terms, wider heads, other archs, AMD) is not this tactic: the launch rule falls back to
 ``flash_mma``. On anything but an ``sm_90a`` compile the entry points are stubs (a trap on NVIDIA, empty on AMD),
@@ -246,20 +252,12 @@ FUSER_INLINE bool fuser_wg_softmax(float (&s)[NN * 4], float (&m_r)[2], float (&
 
 // The probabilities as wgmma A-fragments: k-step kk covers keys 16kk..16kk+15, i.e. accumulator chunks 2kk
 // (registers a0: row g, a1: row g+8) and 2kk+1 (a2, a3).
-// HOLD (z is 0 at run time, unknown to the compiler): the new fragment is pack ^ (old & z), one LOP3 per register.
-// That reads the previous P, the A operand of the P·V still in flight, here, after that wgmma's wait: without a
-// real read ptxas sees those registers dead once the wgmma is issued (an empty asm never reaches the PTX), hands
-// them to the softmax's temporaries, and must then wait for the P·V before the softmax instead of after it.
-template <int BF16, int NN, int HOLD>
-FUSER_INLINE void fuser_wg_pack(fuser_u32 (&pa)[NN / 2][4], const float (&s)[NN * 4], fuser_u32 z) {
+template <int BF16, int NN>
+FUSER_INLINE void fuser_wg_pack(fuser_u32 (&pa)[NN / 2][4], const float (&s)[NN * 4]) {
 #pragma unroll
     for (int kk = 0; kk < NN / 2; ++kk)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const fuser_u32 r = fuser_wg_pack2<BF16>(s[8 * kk + 2 * i], s[8 * kk + 2 * i + 1]);
-            if (HOLD) asm("lop3.b32 %0, %1, %2, %3, 0x6a;" : "=r"(pa[kk][i]) : "r"(pa[kk][i]), "r"(z), "r"(r));
-            else pa[kk][i] = r;
-        }
+        for (int i = 0; i < 4; ++i) pa[kk][i] = fuser_wg_pack2<BF16>(s[8 * kk + 2 * i], s[8 * kk + 2 * i + 1]);
 }
 
 FUSER_INLINE void fuser_wg_rescale(float (&o)[32], const float (&alpha)[2]) {
@@ -271,21 +269,32 @@ FUSER_INLINE void fuser_wg_rescale(float (&o)[32], const float (&alpha)[2]) {
 }
 
 // This thread's share of one K/V tile load: its 16-byte column of rows lr, lr + NT/8, ... of the tile (the swizzle
-// term lr % 8 is fixed per thread, so destinations are a base plus compile-time steps). ko/vo: element offsets of
-// this thread's first row in the head's K and V (32-bit: the launch rule keeps a head under 2^31 elements), kst/vst
-// the offsets between its rows; rows past rows_left (and columns past the head dim) are zero-filled from the
-// head's first element.
+// term lr % 8 is fixed per thread, so destinations are a base plus compile-time steps). kp/vp point at this thread's
+// first row of the tile, kst/vst are the element steps between its rows. Tiles wholly inside the keys (all but the
+// last) take no row checks; rows past rows_left (and columns past the head dim) are zero-filled, read from the
+// head's first row (k/v) instead.
 template <int BC, int NT>
-FUSER_INLINE void fuser_wg_kv(fuser_u32 kdst, fuser_u32 vdst, const unsigned short* k, const unsigned short* v,
-                              int ko, int vo, int kst, int vst, int rows_left, bool dok, bool vok) {
+FUSER_INLINE void fuser_wg_kv(fuser_u32 kdst, fuser_u32 vdst, const unsigned short* kp, const unsigned short* vp,
+                              fuser_i64 kst, fuser_i64 vst, const unsigned short* k, const unsigned short* v,
+                              int rows_left, bool dok, bool vok) {
     enum { RPP = NT / 8, PASSES = (BC + RPP - 1) / RPP };
     const int lr = threadIdx.x >> 3;
+    if (rows_left >= BC) {
+#pragma unroll
+        for (int i = 0; i < PASSES; ++i) {
+            if (BC % RPP == 0 || lr + i * RPP < BC) {
+                fuser_wg_cp16(kdst + i * RPP * 128, dok ? kp + i * kst : k, dok ? 16 : 0);
+                fuser_wg_cp16(vdst + i * RPP * 128, vok ? vp + i * vst : v, vok ? 16 : 0);
+            }
+        }
+        return;
+    }
 #pragma unroll
     for (int i = 0; i < PASSES; ++i) {
         if (BC % RPP == 0 || lr + i * RPP < BC) {
             const bool in = i * RPP < rows_left, kin = in && dok, vin = in && vok;
-            fuser_wg_cp16(kdst + i * RPP * 128, k + (kin ? ko + i * kst : 0), kin ? 16 : 0);
-            fuser_wg_cp16(vdst + i * RPP * 128, v + (vin ? vo + i * vst : 0), vin ? 16 : 0);
+            fuser_wg_cp16(kdst + i * RPP * 128, kin ? kp + i * kst : k, kin ? 16 : 0);
+            fuser_wg_cp16(vdst + i * RPP * 128, vin ? vp + i * vst : v, vin ? 16 : 0);
         }
     }
 }
@@ -294,7 +303,7 @@ FUSER_INLINE void fuser_wg_kv(fuser_u32 kdst, fuser_u32 vdst, const unsigned sho
 // runs tile kt's softmax while the tensor cores do P·V, then waits for O before rescaling it and packing P(kt).
 // K/V go three stages deep: tile kt+1 lands (issued at the top of iteration kt) in the stage of tile kt-2, free
 // once every warpgroup passed the barrier (each waited for P(kt-2)·V(kt-2) in iteration kt-1).
-template <int BF16, int NWG, int BC, int QR, int HOLD>
+template <int BF16, int NWG, int BC, int QR>
 FUSER_INLINE void fuser_attn_wgmma(const fuser_attn_params& p) {
     enum { NT = 128 * NWG, BR = 64 * NWG, NS = 3, NN = BC / 8, KS = BC / 16, TILE = BC * 128 };
     extern __shared__ __align__(1024) unsigned char fuser_wg_smem[];
@@ -318,19 +327,19 @@ FUSER_INLINE void fuser_attn_wgmma(const fuser_attn_params& p) {
         const int lim = last / BC + 1;
         ntiles = ntiles < lim ? ntiles : lim;
     }
-    // this thread's K/V load slots: stage-0 destinations, element offsets of its first row in tile 0 (a tile is
-    // BC rows further), offsets between its rows
+    // this thread's K/V load slots: stage-0 destinations, its first row of tile 0 (a tile is BC rows further), the
+    // steps between its rows
     const fuser_u32 kd0 = s_k + lr * 128 + ((lc ^ (lr & 7)) << 4), vd0 = kd0 + NS * TILE;
-    int ko = lr * (int)p.k_ss + lc * 8, vo = lr * (int)p.v_ss + lc * 8;
-    const int kst = (NT / 8) * (int)p.k_ss, vst = (NT / 8) * (int)p.v_ss;
-    const int ktile = BC * (int)p.k_ss, vtile = BC * (int)p.v_ss;
+    const unsigned short* kp = k + (fuser_i64)lr * p.k_ss + lc * 8;
+    const unsigned short* vp = v + (fuser_i64)lr * p.v_ss + lc * 8;
+    const fuser_i64 kst = (NT / 8) * p.k_ss, vst = (NT / 8) * p.v_ss, ktile = BC * p.k_ss, vtile = BC * p.v_ss;
     fuser_wg_tile<BR, NT>(s_q, q + (fuser_i64)q0 * p.q_ss, q, p.q_ss, p.Sq - q0, dok, tid);
-    if (ntiles > 0) fuser_wg_kv<BC, NT>(kd0, vd0, k, v, ko, vo, kst, vst, p.Skv - lr, dok, vok);
+    if (ntiles > 0) fuser_wg_kv<BC, NT>(kd0, vd0, kp, vp, kst, vst, k, v, p.Skv - lr, dok, vok);
     fuser_wg_cp_commit();
     const int qw0 = q0 + wg * 64;                 // this warpgroup's first query row
     const int row0 = qw0 + warp * 16 + g;         // this thread's rows: row0 and row0 + 8
     const float sl = p.scale * FUSER_LOG2E;
-    const fuser_u32 zero = (fuser_u32)p.Skv >> 31;  // 0 (Skv >= 0), not known to the compiler: see fuser_wg_pack
+    const fuser_u32 zero = (fuser_u32)p.Skv >> 31;  // 0 (Skv >= 0), not known to the compiler: see the P·V wait
     const fuser_u64 dq = fuser_wg_desc(s_q + wg * 64 * 128, 16, 1024);
     const fuser_u64 dk0 = fuser_wg_desc(s_k, 16, 1024), dv0 = fuser_wg_desc(s_v, TILE, 1024);
     float oacc[32];
@@ -344,10 +353,10 @@ FUSER_INLINE void fuser_attn_wgmma(const fuser_attn_params& p) {
         fuser_wg_cp_wait_all();
         fuser_wg_proxy_fence();
         __syncthreads();
-        ko += ktile;
-        vo += vtile;
+        kp += ktile;
+        vp += vtile;
         int rows_left = p.Skv - BC - lr;  // of tile kt+1, from this thread's first row
-        if (1 < ntiles) fuser_wg_kv<BC, NT>(kd0 + TILE, vd0 + TILE, k, v, ko, vo, kst, vst, rows_left, dok, vok);
+        if (1 < ntiles) fuser_wg_kv<BC, NT>(kd0 + TILE, vd0 + TILE, kp, vp, kst, vst, k, v, rows_left, dok, vok);
         fuser_wg_cp_commit();
         if (QR) {  // Q's A-fragments once: ldmatrix.x4 of rows 16w..16w+15, 16-byte chunks 2kk and 2kk+1 (swizzled)
             const int r = wg * 64 + warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
@@ -369,7 +378,7 @@ FUSER_INLINE void fuser_attn_wgmma(const fuser_attn_params& p) {
             const bool full = BC <= p.Skv && (!p.causal || BC - 1 <= qw0);
             float alpha[2];
             fuser_wg_softmax<NN>(s, m_r, l_r, alpha, full, sl, p.causal, p.Skv, row0, 0, t);
-            fuser_wg_pack<BF16, NN, 0>(pa, s, 0u);
+            fuser_wg_pack<BF16, NN>(pa, s);
         }
         int sp = 0, st = 1;  // stages of tiles kt-1 and kt
         for (int kt = 1; kt < ntiles; ++kt) {
@@ -378,11 +387,11 @@ FUSER_INLINE void fuser_attn_wgmma(const fuser_attn_params& p) {
             fuser_wg_cp_wait_all();
             fuser_wg_proxy_fence();
             __syncthreads();
-            ko += ktile;
-            vo += vtile;
+            kp += ktile;
+            vp += vtile;
             rows_left -= BC;
             if (kt + 1 < ntiles)
-                fuser_wg_kv<BC, NT>(kd0 + sn * TILE, vd0 + sn * TILE, k, v, ko, vo, kst, vst, rows_left, dok, vok);
+                fuser_wg_kv<BC, NT>(kd0 + sn * TILE, vd0 + sn * TILE, kp, vp, kst, vst, k, v, rows_left, dok, vok);
             fuser_wg_cp_commit();
             float s[NN * 4];
             fuser_wg_keep(oacc);
@@ -404,7 +413,7 @@ FUSER_INLINE void fuser_attn_wgmma(const fuser_attn_params& p) {
             else fuser_wg_wait<0>();
             fuser_wg_keep(oacc);
             if (resc) fuser_wg_rescale(oacc, alpha);
-            fuser_wg_pack<BF16, NN, HOLD>(pa, s, zero);
+            fuser_wg_pack<BF16, NN>(pa, s);
             sp = st;
             st = sn;
         }
@@ -439,32 +448,34 @@ FUSER_INLINE void fuser_attn_wgmma(const fuser_attn_params& p) {
 """
 
 # Entry points: NWG warpgroups (64 query rows each), BC keys per tile, QR (Q from registers in S = Q·Kᵀ, else from
-# shared memory), HOLD (P's registers held to the P·V's wait, fuser_wg_pack), minimum blocks per SM.
+# shared memory), and the minimum blocks per SM the registers are held to.
 ENTRY_MACROS = r"""
 #if defined(FUSER_CUDA) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define FUSER_ATTN_WG(NAME, BF16, NWG, BC, QR, HOLD, MINB)                                               \
+#define FUSER_ATTN_WG(NAME, BF16, NWG, BC, QR, MINB)                                                     \
     FUSER_GLOBAL void __launch_bounds__(128 * NWG, MINB) NAME(const fuser_attn_params p) {                  \
-        fuser_attn_wgmma<BF16, NWG, BC, QR, HOLD>(p);                                                    \
+        fuser_attn_wgmma<BF16, NWG, BC, QR>(p);                                                          \
     }
 #elif defined(FUSER_CUDA)
 // not an sm_90a compile: wgmma does not exist here; the launch rule never picks these entries
-#define FUSER_ATTN_WG(NAME, BF16, NWG, BC, QR, HOLD, MINB)                                               \
+#define FUSER_ATTN_WG(NAME, BF16, NWG, BC, QR, MINB)                                                     \
     FUSER_GLOBAL void NAME(const fuser_attn_params p) { asm volatile("trap;"); }
 #else
-#define FUSER_ATTN_WG(NAME, BF16, NWG, BC, QR, HOLD, MINB) FUSER_GLOBAL void NAME(const fuser_attn_params p) {}
+#define FUSER_ATTN_WG(NAME, BF16, NWG, BC, QR, MINB) FUSER_GLOBAL void NAME(const fuser_attn_params p) {}
 #endif
 """
 
-# variant -> (warpgroups, keys per tile, Q in registers, hold P's registers, min blocks per SM)
-WG_VARIANTS: dict[str, tuple[int, int, int, int, int]] = {
-    "2n64": (2, 64, 0, 1, 2),
-    "2n64q": (2, 64, 1, 1, 2),
-    "2n64qx": (2, 64, 1, 0, 2),
-    "1n64q": (1, 64, 1, 1, 4),
-    "1n64q3": (1, 64, 1, 1, 3),
-    "3n64q": (3, 64, 1, 1, 1),
+# variant -> (warpgroups, keys per tile, Q in registers, min blocks per SM)
+WG_VARIANTS: dict[str, tuple[int, int, int, int]] = {
+    "2n64q": (2, 64, 1, 2),
+    "2n64": (2, 64, 0, 2),
+    "1n64q3": (1, 64, 1, 3),
+    "1n64q": (1, 64, 1, 4),
+    "3n64q": (3, 64, 1, 1),
 }
-WG_DEFAULT = "2n64q"   # measured on H200: see BENCHMARKS.md
+# The launch rule's picks, from the H200 runs (BENCHMARKS.md): 128-row blocks (two warpgroups sharing K/V tiles)
+# in general; 64-row blocks for causal masks, whose triangle of work balances better in small pieces.
+WG_DEFAULT = "2n64q"
+WG_CAUSAL = "1n64q3"
 
 
 def entries_source(sfx: str) -> str:
@@ -495,8 +506,8 @@ def supported(backend_name: str, arch: str, half: bool, d: int, dv: int, aligned
             and dv % 8 == 0 and aligned and nterms == 0 and (skv + 128) * max(d, dv) < 2**31)
 
 
-def plan(variant: str = "") -> dict:
-    v = variant or WG_DEFAULT
+def plan(variant: str = "", causal: bool = False) -> dict:
+    v = variant or (WG_CAUSAL if causal else WG_DEFAULT)
     if v not in WG_VARIANTS:
         raise ValueError(f"unknown flash_wgmma variant {v!r}; known: {', '.join(WG_VARIANTS)}")
     nwg = WG_VARIANTS[v][0]
