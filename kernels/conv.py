@@ -228,13 +228,14 @@ ALGOS = ("igemm", "mma_tf32", "mma_tf32_ms", "mma_f16", "depthwise", "winograd")
 TILES: dict[str, tuple[tuple[int, int], ...]] = {
     "igemm": ((128, 128), (64, 128), (64, 64), (32, 64), (32, 32)),
     "mma_tf32": ((128, 128), (64, 64)),
-    "mma_tf32_ms": ((128, 128), (128, 64), (64, 128), (64, 64), (64, 32)),
+    "mma_tf32_ms": ((128, 256), (128, 128), (128, 64), (64, 128), (64, 64), (64, 32)),
     "mma_f16": ((128, 128), (64, 64)),
 }
 # Relative per-SM throughput of a tile shape (bigger register blocks reuse more); for the launch rule.
 _TILE_EFF = {"igemm": {(128, 128): 1.0, (64, 128): 0.9, (64, 64): 0.7, (32, 64): 0.55, (32, 32): 0.4},
              "mma_tf32": {(128, 128): 1.0, (64, 64): 0.8}, "mma_f16": {(128, 128): 1.0, (64, 64): 0.8},
-             "mma_tf32_ms": {(128, 128): 1.0, (128, 64): 0.85, (64, 128): 0.85, (64, 64): 0.7, (64, 32): 0.5}}
+             "mma_tf32_ms": {(128, 256): 1.0, (128, 128): 1.0, (128, 64): 0.85, (64, 128): 0.85, (64, 64): 0.7,
+                             (64, 32): 0.5}}
 
 
 def parse_tactic(tactic: str) -> tuple[str, tuple[int, int] | None]:
@@ -289,12 +290,13 @@ def candidate_tactics(g: ConvGeometry, dtype, allow_tf32: bool = False, backend_
     return out
 
 
-_GEMM_BK = {"igemm": 8, "mma_tf32": 16, "mma_tf32_ms": 16, "mma_f16": 32}
+_GEMM_BK = {"igemm": 8, "mma_tf32": 16, "mma_tf32_ms": 32, "mma_f16": 32}   # mma_tf32_ms: 16 or 32 by tile
 _GEMM_THREADS = {"igemm": {(128, 128): 256, (64, 128): 256, (64, 64): 256, (32, 64): 128, (32, 32): 64},
                  "mma_tf32": {(128, 128): 256, (64, 64): 128}, "mma_f16": {(128, 128): 256, (64, 64): 128},
-                 "mma_tf32_ms": {(128, 128): 256, (128, 64): 128, (64, 128): 128, (64, 64): 128, (64, 32): 128}}
+                 "mma_tf32_ms": {(128, 256): 256, (128, 128): 128, (128, 64): 128, (64, 128): 128, (64, 64): 128,
+                                 (64, 32): 128}}
 # Resident blocks per SM where registers/shared memory (ptxas, sm_90) say otherwise than 512 threads per SM.
-_GEMM_BPS = {"mma_tf32_ms": {(128, 128): 2, (128, 64): 3, (64, 128): 3, (64, 64): 5, (64, 32): 7}}
+_GEMM_BPS = {"mma_tf32_ms": {(128, 256): 1, (128, 128): 2, (128, 64): 3, (64, 128): 3, (64, 64): 4, (64, 32): 7}}
 
 
 def tile_cost(algo: str, tile: tuple[int, int], g: ConvGeometry, num_sms: int = 132) -> float:

@@ -430,51 +430,55 @@ FUSER_INLINE void fuser_ms_ldsm_x4(fuser_u32 (&d)[4], const fuser_u32* sm, fuser
     fuser_ldsm_x4(d, sm + off);
 #endif
 }
-// N consecutive words of shared memory (one vector load: N = 4 -> 16 bytes, 2 -> 8 bytes).
-template <int N> struct fuser_ms_lds;
-template <> struct fuser_ms_lds<4> {
-    static FUSER_INLINE void ld(fuser_u32 (&d)[4], const fuser_u32* p) {
-        const uint4 t = *reinterpret_cast<const uint4*>(p);
-        d[0] = t.x; d[1] = t.y; d[2] = t.z; d[3] = t.w;
+// B fragments of a k row: NI words in groups of NQ = min(NI, 4) consecutive words, group q at word 8 NQ q
+// (one 16- or 8-byte vector load per group).
+template <int NI>
+FUSER_INLINE void fuser_ms_lds(fuser_u32 (&d)[NI], const fuser_u32* p) {
+    constexpr int NQ = NI < 4 ? NI : 4;
+#pragma unroll
+    for (int q = 0; q < NI / NQ; ++q) {
+        if constexpr (NQ == 4) {
+            const uint4 t = *reinterpret_cast<const uint4*>(p + 8 * NQ * q);
+            d[4 * q] = t.x; d[4 * q + 1] = t.y; d[4 * q + 2] = t.z; d[4 * q + 3] = t.w;
+        } else {
+            const uint2 t = *reinterpret_cast<const uint2*>(p + 8 * NQ * q);
+            d[2 * q] = t.x; d[2 * q + 1] = t.y;
+        }
     }
-};
-template <> struct fuser_ms_lds<2> {
-    static FUSER_INLINE void ld(fuser_u32 (&d)[2], const fuser_u32* p) {
-        const uint2 t = *reinterpret_cast<const uint2*>(p);
-        d[0] = t.x; d[1] = t.y;
-    }
-};
+}
 
 // The implicit GEMM of conv.py (Y[m, n] = sum_k W[m, k] X[k, n] per group) on TF32 tensor cores, with the
 // operands streamed through an S-stage shared-memory ring by cp.async: the copies of stage k + S - 1 are in
-// flight while stage k is multiplied, one barrier per stage (BK = 16 k), no register staging.
+// flight while stage k is multiplied, one barrier per stage (BK = 16 or 32 k), no register staging.
 //
-// A (weights, packed [G][Mpad][Kpad] on the host and already rounded to TF32 there): [BM][16] words per
-//   stage as 16-byte chunks, chunk c of row r stored at c ^ ((r >> 1) & 3), so the 16-byte copies and the
-//   ldmatrix.x4 fragment loads (8 rows of one chunk column per phase) are both conflict-free.
-// B (the im2col gather): [16 k][BN + 8] words, pixels contiguous as in NCHW, so one k row of the tile is
+// A (weights, packed [G][Mpad][Kpad] on the host and already rounded to TF32 there): [BM][BK] words per
+//   stage as 16-byte chunks, chunk c of row r stored at c ^ swizzle(r) (BK = 16: (r >> 1) & 3, two rows per
+//   128-byte bank line; BK = 32: r & 7), so the 16-byte copies and the ldmatrix.x4 fragment loads (8 rows
+//   of one chunk column per phase) are both conflict-free.
+// B (the im2col gather): [BK][BN + 8] words, pixels contiguous as in NCHW, so one k row of the tile is
 //   BN consecutive pixels. `kmaj` selects the gather: 2 = 1x1 stride-1 conv whose image size is a multiple
 //   of 4 on a 16-byte aligned input (a plain GEMM over NCHW: 16-byte copies of 4 pixels), 1 = the
 //   channel-innermost walk (a k-tile inside one kernel position: one bounds test per tile, 4-byte copies),
 //   0 = the k table (4-byte copies, each tested). Values land unrounded; fragments get half a TF32 ulp added
 //   in registers (round to nearest, ties away, once the mma ignores the low 13 bits: as cvt.rna).
-// Fragments: each warp owns WTM x WTN = (MI m16) x (NI n8). The pixel of column c of n8 tile ni is
-//   c * NI + ni inside the warp's WTN columns, so a lane's B fragments for all NI tiles lie side by side: two
-//   vector loads per k8 (the row stride BN + 8 = 8 mod 32 keeps them conflict-free), and each thread ends
-//   up owning 2 NI consecutive pixels of a row, stored as float4s by the shared epilogue.
-template <int BM, int BN, int WGM, int WGN, int STAGES>
+// Fragments: each warp owns WTM x WTN = (MI m16) x (NI n8). Inside the warp's WTN columns the n8 tiles are
+//   interleaved in groups of NQ = min(NI, 4): the pixel of column c of tile ni is
+//   8 NQ (ni / NQ) + NQ c + ni % NQ. A lane's B fragments of a group then lie side by side (one vector load
+//   per group and k row; the row stride BN + 8 = 8 mod 32 keeps them conflict-free), and each thread owns
+//   runs of 2 NQ consecutive pixels of a row, stored as float4s by the shared epilogue.
+template <int BM, int BN, int WGM, int WGN, int STAGES, int BK>
 FUSER_INLINE void fuser_conv_mma_ms(FUSER_CONV_GEMM_PARAMS(float, float)) {
-    constexpr int BK = 16;
     constexpr int S = FUSER_MS_STAGES(STAGES);
     constexpr int THR = WGM * WGN * 32;
-    constexpr int WTM = BM / WGM, WTN = BN / WGN, MI = WTM / 16, NI = WTN / 8;
+    constexpr int WTM = BM / WGM, WTN = BN / WGN, MI = WTM / 16, NI = WTN / 8, NQ = NI < 4 ? NI : 4;
     constexpr int LDB = BN + 8;
     constexpr int AW = BM * BK, SW = AW + BK * LDB;       // words: A tile, one stage
-    constexpr int LA = BM * 4 / THR, ARS = THR / 4;       // A chunks per thread, rows between them
+    constexpr int CPA = BK / 4, LA = BM * CPA / THR, ARS = THR / CPA;   // A: chunks per row, per thread; rows apart
     constexpr int KG = THR / BN, LB = BK / KG;            // 4-byte gather: k groups per column, k per thread
     constexpr int CPR = BN / 4, RPP = THR / CPR;          // 16-byte gather: chunks per k row, rows per pass
-    static_assert(S >= 2 && (NI == 2 || NI == 4) && MI >= 1 && (BM * 4) % THR == 0 && ARS % 8 == 0
-                  && THR % BN == 0 && BK % KG == 0 && THR % CPR == 0 && BK % RPP == 0, "tile shape");
+    static_assert(S >= 2 && (BK == 16 || BK == 32) && (NI == 2 || NI == 4 || NI == 8) && MI >= 1
+                  && (BM * CPA) % THR == 0 && ARS % 8 == 0 && THR % BN == 0 && BK % KG == 0 && THR % CPR == 0
+                  && BK % RPP == 0, "tile shape");
 #if defined(FUSER_CUDA)
     extern __shared__ __align__(16) fuser_u32 fuser_ms_smem[];   // S * SW words (the host opts in)
 #else
@@ -492,10 +496,11 @@ FUSER_INLINE void fuser_conv_mma_ms(FUSER_CONV_GEMM_PARAMS(float, float)) {
     const fuser_i64 HW = (fuser_i64)H * W;
     const float* __restrict__ xg = x + (fuser_i64)g * Cg * HW;
 
-    // A copies: rows ar0 + i * ARS, chunk tid % 4 (ARS is a multiple of 8: one swizzle for all i)
-    const int ar0 = tid >> 2, ac0 = tid & 3;
+    // A copies: rows ar0 + i * ARS, chunk tid % CPA (ARS is a multiple of 8: one swizzle for all i)
+    auto aswz = [](int r) { return CPA == 8 ? r & 7 : (r >> 1) & 3; };
+    const int ar0 = tid / CPA, ac0 = tid % CPA;
     const float* __restrict__ asrc = wp + ((fuser_i64)g * Mpad + m0 + ar0) * Kpad + ac0 * 4;
-    const int adst = ar0 * BK + (ac0 ^ ((ar0 >> 1) & 3)) * 4;
+    const int adst = ar0 * BK + (ac0 ^ aswz(ar0)) * 4;
     // B gather state, in 32-bit offsets from one 64-bit base (an image holds < 2^31 elements): few registers.
     // Gathers 0/1: column tid % BN, k rows kw0 .. kw0 + LB - 1 of each stage. Gather 2: pixels
     // nb + 4 * (tid % CPR) + 0..3, k rows tid / CPR + p * RPP.
@@ -582,8 +587,8 @@ FUSER_INLINE void fuser_conv_mma_ms(FUSER_CONV_GEMM_PARAMS(float, float)) {
     }
     // ldmatrix rows of this lane (matrices: rows +0/+8, words +0/+4) and its B fragment words
     const int ar = (lane & 7) + ((lane >> 3) & 1) * 8;
-    const int aoff = (wm * WTM + ar) * BK, asw = (ar >> 1) & 3, ahalf = lane >> 4;
-    const int boff = AW + (lane & 3) * LDB + wn * WTN + (lane >> 2) * NI;
+    const int aoff = (wm * WTM + ar) * BK, asw = aswz(ar), ahalf = lane >> 4;
+    const int boff = AW + (lane & 3) * LDB + wn * WTN + (lane >> 2) * NQ;
     int rs = 0, ws_ = S - 1;
     for (int kt = kt0; kt < kt1; ++kt) {
         fuser_ms_wait<S - 2>();      // this thread's copies of stage rs have landed
@@ -597,8 +602,8 @@ FUSER_INLINE void fuser_conv_mma_ms(FUSER_CONV_GEMM_PARAMS(float, float)) {
 #pragma unroll
             for (int mi = 0; mi < MI; ++mi)
                 fuser_ms_ldsm_x4(a[mi], sm, ss, so + aoff + mi * 16 * BK + ((2 * ks + ahalf) ^ asw) * 4);
-            fuser_ms_lds<NI>::ld(lo, sm + so + boff + ks * 8 * LDB);
-            fuser_ms_lds<NI>::ld(hi, sm + so + boff + (ks * 8 + 4) * LDB);
+            fuser_ms_lds<NI>(lo, sm + so + boff + ks * 8 * LDB);
+            fuser_ms_lds<NI>(hi, sm + so + boff + (ks * 8 + 4) * LDB);
 #pragma unroll
             for (int ni = 0; ni < NI; ++ni) {
                 b[ni][0] = lo[ni] + 0x1000u;
@@ -618,16 +623,16 @@ FUSER_INLINE void fuser_conv_mma_ms(FUSER_CONV_GEMM_PARAMS(float, float)) {
     if (splits > 1 && !fuser_mma_splitk<BM, BN, MI, NI>(acc, ws, cnt, splits, wm * WTM, wn * WTN, &s_last)) return;
     fuser_conv_epi epi;
     epi.act = act; epi.res_mode = res_mode; epi.p0 = p0; epi.p1 = p1;
-    constexpr int NV = 2 * NI / 4;   // float4 groups of this thread's 2 NI consecutive pixels
+    // float4 f of this thread's run in group q: pixels nb + wn WTN + 8 NQ q + 2 NQ tq + 4 f' (f' = f % (NQ / 2))
+    constexpr int FPG = NQ / 2, NV = NI / 2;
     const int gq = lane >> 2, tq = lane & 3;
-    const int n0 = nb + wn * WTN + 2 * tq * NI;
     int bq[NV], pq[NV], nl[NV];
 #pragma unroll
-    for (int q = 0; q < NV; ++q) {
-        const int n = n0 + 4 * q;
-        nl[q] = npix - n;
-        bq[q] = nl[q] > 0 ? n / OHW : 0;
-        pq[q] = n - bq[q] * OHW;
+    for (int f = 0; f < NV; ++f) {
+        const int n = nb + wn * WTN + 8 * NQ * (f / FPG) + 2 * NQ * tq + 4 * (f % FPG);
+        nl[f] = npix - n;
+        bq[f] = nl[f] > 0 ? n / OHW : 0;
+        pq[f] = n - bq[f] * OHW;
     }
 #pragma unroll
     for (int mi = 0; mi < MI; ++mi) {
@@ -638,20 +643,23 @@ FUSER_INLINE void fuser_conv_mma_ms(FUSER_CONV_GEMM_PARAMS(float, float)) {
                 const int co = g * Mg + m;
                 const float bv = bias[co];
 #pragma unroll
-                for (int q = 0; q < NV; ++q) {
+                for (int f = 0; f < NV; ++f) {
                     float v[4];
 #pragma unroll
-                    for (int j = 0; j < 4; ++j) v[j] = acc[mi][(4 * q + j) % NI][2 * h + (4 * q + j) / NI];
-                    fuser_conv_out<float, 4>(y, r, co, bq[q], pq[q], nl[q], v, bv, OHW, img_out, vec, epi);
+                    for (int j = 0; j < 4; ++j) {   // run position i = e NQ + ni % NQ
+                        const int i = 4 * (f % FPG) + j;
+                        v[j] = acc[mi][NQ * (f / FPG) + i % NQ][2 * h + i / NQ];
+                    }
+                    fuser_conv_out<float, 4>(y, r, co, bq[f], pq[f], nl[f], v, bv, OHW, img_out, vec, epi);
                 }
             }
         }
     }
 }
 
-#define FUSER_MS_ENTRY(NAME, BM, BN, WGM, WGN, STAGES, MINB)                                            \
+#define FUSER_MS_ENTRY(NAME, BM, BN, WGM, WGN, STAGES, MINB, BK)                                        \
     FUSER_GLOBAL void __launch_bounds__(WGM * WGN * 32, MINB) NAME(FUSER_CONV_GEMM_PARAMS(float, float)) { \
-        fuser_conv_mma_ms<BM, BN, WGM, WGN, STAGES>(FUSER_CONV_GEMM_ARGS);                               \
+        fuser_conv_mma_ms<BM, BN, WGM, WGN, STAGES, BK>(FUSER_CONV_GEMM_ARGS);                           \
     }
 """
 
@@ -671,12 +679,11 @@ def _entry_line(algo: str, tile: tuple[int, int]) -> str:
 
 
 # The multistage TF32 kernel: (BM, BN) -> (warps along M, warps along N, pipeline stages, blocks per SM that
-# __launch_bounds__ asks the register allocator to allow)
+# __launch_bounds__ asks the register allocator to allow, k per stage)
 MS_ALGO = "mma_tf32_ms"
-MS_TILES: dict[tuple[int, int], tuple[int, int, int, int]] = {
-    (128, 128): (2, 4, 4, 2), (128, 64): (2, 2, 4, 3), (64, 128): (1, 4, 4, 3), (64, 64): (2, 2, 4, 4),
-    (64, 32): (2, 2, 4, 4)}
-MS_BK = 16
+MS_TILES: dict[tuple[int, int], tuple[int, int, int, int, int]] = {
+    (128, 256): (2, 4, 3, 1, 32), (128, 128): (2, 2, 3, 2, 32), (128, 64): (2, 2, 4, 3, 16),
+    (64, 128): (1, 4, 4, 3, 16), (64, 64): (2, 2, 3, 4, 32), (64, 32): (2, 2, 4, 4, 16)}
 
 
 def ms_entry(tile: tuple[int, int]) -> str:
@@ -687,15 +694,20 @@ def ms_threads(tile: tuple[int, int]) -> int:
     return MS_TILES[tile][0] * MS_TILES[tile][1] * 32
 
 
+def ms_bk(tile: tuple[int, int]) -> int:
+    return MS_TILES[tile][4]
+
+
 def ms_smem_bytes(tile: tuple[int, int]) -> int:
-    """Dynamic shared memory of the CUDA build: stages x (A [BM][16] + B [16][BN + 8]) fp32 words."""
+    """Dynamic shared memory of the CUDA build: stages x (A [BM][BK] + B [BK][BN + 8]) fp32 words."""
     bm, bn = tile
-    return MS_TILES[tile][2] * (bm * MS_BK + MS_BK * (bn + 8)) * 4
+    bk = ms_bk(tile)
+    return MS_TILES[tile][2] * (bm * bk + bk * (bn + 8)) * 4
 
 
 def _ms_entry_line(tile: tuple[int, int]) -> str:
-    wgm, wgn, stages, minb = MS_TILES[tile]
-    return f"FUSER_MS_ENTRY({ms_entry(tile)}, {tile[0]}, {tile[1]}, {wgm}, {wgn}, {stages}, {minb})\n"
+    wgm, wgn, stages, minb, bk = MS_TILES[tile]
+    return f"FUSER_MS_ENTRY({ms_entry(tile)}, {tile[0]}, {tile[1]}, {wgm}, {wgn}, {stages}, {minb}, {bk})\n"
 
 
 SOURCE = (COMMON_SOURCE + _MMA_SOURCE + "".join(_entry_line(a, t) for a in ALGO_DTYPE for t in MMA_TILES)
@@ -782,11 +794,11 @@ class MmaMsTactic(_GemmTactic):
     family_name = NAME
     algo = MS_ALGO
     vec_width = 4
-    bk = MS_BK
 
     def __init__(self, backend, g, dtype, w, bias, tile, epi, splits: int | None = None) -> None:
         if np.dtype(dtype) != np.float32:
             raise ValueError(f"{MS_ALGO} runs float32 tensors, not {np.dtype(dtype).name}")
+        self.bk = ms_bk(tile)      # k per stage: the channel walk needs Cg % bk == 0
         super().__init__(backend, g, np.dtype(dtype), w, bias, tile, epi, splits)
         # the channel walk serves 1x1 convs as well (their k order is the same either way)
         self.walk = self.kmaj or (g.kh * g.kw == 1 and g.cg % self.bk == 0)
