@@ -14,9 +14,11 @@ SNR in dB and relative L2 against a float64 reference computed on the GPU (torch
 and for cuDNN.
 
 Usage: python bench/bench_conv.py [--out DIR] [--quick] [--tactics] [--tf32-only] [--tf32-tactics T,..]
-       [--ms-stages TILE:S,..] [--cases NAME,..]
-(--tactics: time every tactic; --tf32-only: only cuDNN TF32 and our TF32 tactics; --ms-stages 128x128:5: also
-time the multistage kernel of that tile built with S pipeline stages, reported as ``<tactic>@s<S>``)
+       [--ms-variants TILE:WGM,WGN,S,MINB,BK;..] [--cases NAME,..]
+(--tactics: time every tactic; --tf32-only: only cuDNN TF32 and our TF32 tactics; --ms-variants
+128x128:2,4,4,2,16: also time the multistage kernel of that tile built with another configuration (warps along
+M and N, pipeline stages, blocks per SM for __launch_bounds__, k per stage; see conv_mma.MS_TILES), reported
+as ``<tactic>@w<WGM>x<WGN>s<S>k<BK>``)
 """
 
 from __future__ import annotations
@@ -146,22 +148,22 @@ def run_problem(be, name, n, c, h, w, m, k, dtype, args, l2: int) -> dict:
     ours = {}
     variants = [(t, None) for t in cands + tf32_cands]
     if dtype == np.float32:
-        for v in filter(None, (args.ms_stages or "").split(",")):
-            tile, _, st = v.partition(":")
-            variants.append((f"{conv_mma.MS_ALGO}_{tile}", int(st)))
-    for i, (t, stages) in enumerate(variants):
+        for v in filter(None, (args.ms_variants or "").split(";")):
+            tile, _, cfg = v.partition(":")
+            variants.append((f"{conv_mma.MS_ALGO}_{tile}", tuple(int(c) for c in cfg.split(","))))
+    for i, (t, cfg) in enumerate(variants):
         saved = None
-        if stages is not None:   # another pipeline depth: another source, so another module
+        if cfg is not None:   # another configuration: another source, so another module
             tile = conv.parse_tactic(t)[1]
             saved = conv_mma.MS_TILES[tile]
-            conv_mma.MS_TILES[tile] = (*saved[:2], stages, saved[3])
+            conv_mma.MS_TILES[tile] = cfg
         try:
             r = conv.Runner(be, (n, c, h, w), dtype, wnp, bnp, activation="LeakyRelu", alpha=ALPHA, tactic=t,
                             allow_tf32=t.startswith("mma_tf32"), pads=[pad] * 4)
         finally:
             if saved is not None:
                 conv_mma.MS_TILES[tile] = saved
-        name_t = r.tactic + (f"@s{stages}" if stages is not None else "")
+        name_t = r.tactic + (f"@w{cfg[0]}x{cfg[1]}s{cfg[2]}k{cfg[4]}" if cfg is not None else "")
         if name_t in ours:
             ours[name_t]["req"].append(t)
             continue
@@ -198,7 +200,7 @@ def main() -> int:
     ap.add_argument("--tf32-only", action="store_true", help="fp32 rows: only cuDNN TF32 and our TF32 tactics")
     ap.add_argument("--tf32-tactics", default="", help="comma-separated TF32 tactics to time (default: "
                     "mma_tf32,mma_tf32_ms, plus every TF32 tile with --tactics)")
-    ap.add_argument("--ms-stages", default="", help="TILE:STAGES,... extra pipeline depths of mma_tf32_ms")
+    ap.add_argument("--ms-variants", default="", help="TILE:WGM,WGN,S,MINB,BK;... other mma_tf32_ms builds")
     ap.add_argument("--cases", default="", help="comma-separated problem names (default: all)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)

@@ -25,11 +25,15 @@ fi
 if [ -z "${NOBENCH:-}" ]; then
     timeout "${BENCH_TIMEOUT:-400}" python3 "$REPO/bench/bench_conv.py" --out "$OUT" "$@" 2>&1 | tee "$OUT/bench_conv.log" | tail -40
 fi
-if [ -n "${PROFILE:-}" ]; then   # PROFILE="N C H W M K tactic ...": one ncu capture per tactic (after the bench)
-    timeout "${PROFILE_TIMEOUT:-240}" ncu --clock-control none -k regex:fuser_conv --section SpeedOfLight \
-        --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \
-        python3 "$REPO/bench/profile_conv.py" $PROFILE > "$OUT/ncu.txt" 2>&1
-    grep -E "fuser_conv|Duration|Compute \(SM\) Throughput|Registers Per|Achieved Occupancy|Warp Cycles Per Issued|Issued Warp Per|Block Limit Reg|Block Limit Shared|Stall" "$OUT/ncu.txt" | head -60
+if [ -n "${PROFILE:-}" ]; then   # PROFILE="N C H W M K tactic ...[; N C H W M K tactic ...]": ncu per tactic
+    IFS=';' read -ra PROFS <<< "$PROFILE"
+    for prof in "${PROFS[@]}"; do   # NCU_EXTRA: more ncu arguments (sections, --metrics ...)
+        # shellcheck disable=SC2086  # word splitting intended
+        timeout "${PROFILE_TIMEOUT:-240}" ncu --clock-control none -k regex:fuser_conv --section SpeedOfLight \
+            --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \
+            ${NCU_EXTRA:-} python3 "$REPO/bench/profile_conv.py" $prof >> "$OUT/ncu.txt" 2>&1
+    done
+    grep -E "fuser_conv|Duration|Compute \(SM\) Throughput|Registers Per|Achieved Occupancy|Warp Cycles Per Issued|Issued Warp Per|Block Limit Reg|Block Limit Shared|stalled|L2 Cache Throughput|DRAM Throughput" "$OUT/ncu.txt" | head -90
 fi
 if [ -n "${TUNE_CNN:-}" ]; then   # TUNE_CNN="resnet50 darknet53 ...": --tune on real exports, fp32 then TF32
     timeout 400 python3 "$REPO/bench/tune_cnn.py" --out "$OUT" $TUNE_CNN 2>&1 | tee "$OUT/tune_cnn.log" | tail -8
