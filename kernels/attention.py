@@ -24,7 +24,14 @@ Tactics (the node's ``tactic`` attribute, else :func:`plan`):
   algorithm on CUDA cores. 128 threads as 16 × 8, a 64 (D <= 64) or 32 query-row tile, register blocking
   of 4 (or 2) rows × 8 keys for S and 4 (or 2) rows × D/8 columns for O, float4 shared-memory reads
   (Q and K row-major padded by 4 floats, P staged through shared memory): 128 FMAs per 12 vector loads.
-  fp32 stays fp32 (no TF32: the fp32 verification tolerance is 1e-5).
+  At D <= 64 K and V tiles have buffers of their own (P over the key tile it came from), and fp32 tiles are
+  copied with ``cp.async``: V(kt) lands while S(kt) and the softmax run. ``flash_simt_r128``: 128 query rows,
+  256 threads. fp32 stays fp32 (no TF32: the fp32 verification tolerance is 1e-5).
+- ``flash_simt_kv`` (every dtype and backend, D and Dv up to 64, up to 128 keys): all keys resident. Every score
+  of a row in registers at once (4 rows × 16 keys per thread), so the softmax is exact in one pass (no running
+  max, no rescaling of O); Q, both key tiles, then both value tiles (fp32: ``cp.async``, the values landing
+  during the softmax) in three 64 × 68 float buffers, P over Q. 64- or 32-row blocks (``_r64`` / ``_r32``;
+  unpinned: 64 from 3 blocks per SM on).
 - ``flash_wgmma`` (fp16/bf16, NVIDIA compute capability 9.0 only, D and Dv multiples of 8 up to 64, no score
   terms; causal is fine): the same algorithm on Hopper's warpgroup MMA (``wgmma``, compiled as its own module for
   ``sm_90a``), 64 query rows per warpgroup, Q/K/V through shared-memory matrix descriptors (128-byte swizzle),
@@ -38,8 +45,13 @@ Tactics (the node's ``tactic`` attribute, else :func:`plan`):
   workspace (a 64×64-tiled SIMT GEMM), one warp per row for the softmax (shuffle max/sum, in place), then
   O = P V (the same GEMM). Three launches and S×S floats of workspace.
 
+``auto``: flash_mma where it applies; else, at head dims <= 64 and up to 128 keys, flash_simt_kv_r32 on
+small grids (fewer than 3 blocks of 64 rows per SM) and flash_simt_r128 otherwise (H200, BENCHMARKS.md run 6);
+else flash_simt, and gemm_softmax past head dim 128.
+
 On AMD (hiprtc) the tensor-core entry points compile to the SIMT implementation (same launch contract is
-not assumed: the runner picks ``flash_simt`` there), so every entry compiles for both vendors.
+not assumed: the runner picks ``flash_simt`` there), so every entry compiles for both vendors; ``cp.async``
+is a plain 16-byte copy there (and in the CPU emulator).
 
 The numpy reference (:func:`reference`) is what the CPU backend runs and what the GPU tests compare with.
 """
@@ -174,6 +186,42 @@ FUSER_INLINE float fuser_attn_finish(float acc, float l, int nan_zero) {
     return l > 0.0f ? acc / l : (nan_zero ? 0.0f : FUSER_QNAN);
 }
 
+// Asynchronous 16-byte global -> shared copies (cp.async, sm_80+): the copy lands while the block computes, and
+// is complete for this thread after fuser_cp_wait<N> (all but the N most recent committed groups), for the
+// block after a barrier. Elsewhere (AMD, the CPU emulator) the copy is a plain 16-byte load and store, done
+// when it returns, and commit/wait are no-ops: the same barriers then order it.
+#if defined(FUSER_CUDA)
+FUSER_INLINE fuser_u32 fuser_smem_u32(const void* ptr) {
+    fuser_u32 r;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(ptr));
+    return r;
+}
+FUSER_INLINE void fuser_cp_async16(fuser_u32 dst, const void* src, int bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(dst), "l"(src), "r"(bytes));
+}
+FUSER_INLINE void fuser_cp_commit() { asm volatile("cp.async.commit_group;"); }
+template <int N> FUSER_INLINE void fuser_cp_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N)); }
+// 16 bytes from src, or zeros when !ok (src is then not read)
+FUSER_INLINE void fuser_cp16(float* dst, const float* src, bool ok) {
+    fuser_cp_async16(fuser_smem_u32(dst), src, ok ? 16 : 0);
+}
+#else
+FUSER_INLINE void fuser_cp_commit() {}
+template <int N> FUSER_INLINE void fuser_cp_wait() {}
+FUSER_INLINE void fuser_cp16(float* dst, const float* src, bool ok) {
+    float4 z; z.x = z.y = z.z = z.w = 0.0f;
+    *reinterpret_cast<float4*>(dst) = ok ? *reinterpret_cast<const float4*>(src) : z;
+}
+#endif
+
+// The kernels' dynamic shared memory (the host opts in above 48 KiB). The CPU emulator runs one block at a
+// time: a static array stands in there.
+#if defined(FUSER_EMU)
+#define FUSER_ATTN_SMEM(name) static __align__(16) float name[96 * 256]
+#else
+#define FUSER_ATTN_SMEM(name) extern __shared__ float name[]
+#endif
+
 // ============================== flash_simt: CUDA cores, any dtype ==============================
 // rows x DM floats of a [.., width] tensor into shared memory (row stride LD), zero outside; 16-byte global
 // loads when ``vec`` (rows and base 16-byte aligned, width a multiple of the vector), else scalars.
@@ -204,15 +252,36 @@ FUSER_INLINE void fuser_attn_fill(float* dst, const T* src, fuser_i64 ld, int ro
         dst[r * LD + d] = x;
     }
 }
+// rows x DM floats of an fp32 [.., width] tensor into shared memory (row stride LD), zero outside, by 16-byte
+// fuser_cp16 (asynchronous on NVIDIA): rows and base 16-byte aligned, width a multiple of 4.
+template <int ROWS, int DM, int LD, int NT>
+FUSER_INLINE void fuser_attn_copy(float* dst, const float* src, fuser_i64 ld, int row0, int nrows, int width) {
+    enum { NV = DM / 4, RPP = NT / NV };  // a thread keeps one 16-byte column, every RPP-th row
+    const int c = (threadIdx.x % NV) * 4, r0 = threadIdx.x / NV;
+    const bool cok = c < width;
+#pragma unroll
+    for (int i = 0; i < ROWS / RPP; ++i) {
+        const int r = r0 + i * RPP;
+        const bool ok = cok && row0 + r < nrows;
+        fuser_cp16(dst + r * LD + c, ok ? src + (fuser_i64)(row0 + r) * ld + c : src, ok);
+    }
+}
+
 // NT threads = NT/8 (ty) x 8 (tx). Rows ty + (NT/8)*i (a warp's four ty rows land in different banks);
 // S columns tx + 8j; O columns tx*4 + 32c + u (a warp's V reads are 128 contiguous bytes).
+// Head dims <= 64 (PF): K and V tiles have buffers of their own and P takes the key tile's place once S is
+// computed (the same shared memory as one K/V buffer plus a P buffer), so V(kt) is copied (cp.async, fp32)
+// while S(kt) is computed and the softmax runs; K(kt+1) is issued once P·V(kt) is done. DM = 128 keeps one
+// K/V buffer and a P buffer (a second 64 x 132 buffer would cost a block per SM) and loads synchronously.
 template <typename T, int DM, int BR, int NT>
 FUSER_INLINE void fuser_attn_simt(const fuser_attn_params& p) {
-    enum { BC = 64, TY = NT / 8, RM = BR / TY, LD = DM + 4, PLD = BC + 4, OC = DM / 8 };
-    extern __shared__ float fuser_attn_smem[];
-    float* Qs = fuser_attn_smem;       // [BR][LD]  Q * scale
-    float* KV = Qs + BR * LD;          // [BC][LD]  K, then V
-    float* Ps = KV + BC * LD;          // [BR][PLD] probabilities of this tile
+    enum { BC = 64, TY = NT / 8, RM = BR / TY, LD = DM + 4, PLD = BC + 4, OC = DM / 8, PF = DM == 64 };
+    enum { KP = PF ? (BC * LD > BR * PLD ? BC * LD : BR * PLD) : BC * LD };
+    FUSER_ATTN_SMEM(fuser_attn_smem);
+    float* Qs = fuser_attn_smem;       // [BR][LD]  Q
+    float* KV = Qs + BR * LD;          // [BC][LD]  K (then V; PF: then P, [BR][PLD])
+    float* Ps = PF ? KV : KV + KP;     // [BR][PLD] probabilities of this tile
+    float* Vs = PF ? KV + KP : KV;     // [BC][LD]  V
     typedef fuser_attn_io<T> io;
     const int tid = threadIdx.x, tx = tid & 7, ty = tid >> 3;
     const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * BR;
@@ -224,7 +293,9 @@ FUSER_INLINE void fuser_attn_simt(const fuser_attn_params& p) {
     const int Dp = (p.D + 3) & ~3;
     enum { VE = fuser_attn_vec<T>::V };
     const bool vec = ((p.q | p.k | p.v) & 15) == 0 && p.D % VE == 0 && p.Dv % VE == 0;
-    fuser_attn_fill<T, BR, DM, LD, NT>(Qs, q, p.q_ss, q0, p.Sq, p.D, vec);
+    const bool async = PF && vec && VE == 4;
+    if (async) fuser_attn_copy<BR, DM, LD, NT>(Qs, (const float*)q, p.q_ss, q0, p.Sq, p.D);
+    else fuser_attn_fill<T, BR, DM, LD, NT>(Qs, q, p.q_ss, q0, p.Sq, p.D, vec);
     float m_i[RM], l_i[RM], acc[RM][OC];
 #pragma unroll
     for (int i = 0; i < RM; ++i) {
@@ -238,10 +309,26 @@ FUSER_INLINE void fuser_attn_simt(const fuser_attn_params& p) {
         const int lim = last / BC + 1;
         ntiles = ntiles < lim ? ntiles : lim;
     }
+    if (async && ntiles > 0) {  // {Q, K0}, {V0}
+        fuser_attn_copy<BC, DM, LD, NT>(KV, (const float*)k, p.k_ss, 0, p.Skv, p.D);
+        fuser_cp_commit();
+        fuser_attn_copy<BC, DM, LD, NT>(Vs, (const float*)v, p.v_ss, 0, p.Skv, p.Dv);
+        fuser_cp_commit();
+    }
     for (int kt = 0; kt < ntiles; ++kt) {
         const int k0 = kt * BC;
-        __syncthreads();
-        fuser_attn_fill<T, BC, DM, LD, NT>(KV, k, p.k_ss, k0, p.Skv, p.D, vec);
+        __syncthreads();  // the previous tile's P and V are read
+        if (async) {
+            if (kt > 0) {
+                fuser_attn_copy<BC, DM, LD, NT>(KV, (const float*)k, p.k_ss, k0, p.Skv, p.D);
+                fuser_cp_commit();
+                fuser_attn_copy<BC, DM, LD, NT>(Vs, (const float*)v, p.v_ss, k0, p.Skv, p.Dv);
+                fuser_cp_commit();
+            }
+            fuser_cp_wait<1>();  // K(kt); V(kt) lands while S(kt) is computed
+        } else {
+            fuser_attn_fill<T, BC, DM, LD, NT>(KV, k, p.k_ss, k0, p.Skv, p.D, vec);
+        }
         __syncthreads();
         float s[RM][8];
 #pragma unroll
@@ -260,6 +347,7 @@ FUSER_INLINE void fuser_attn_simt(const fuser_attn_params& p) {
                     s[i][j] = fuser_dot4(qa[i], kb, s[i][j]);
             }
         }
+        if (PF) __syncthreads();  // the key tile is read: P takes its place
 #pragma unroll
         for (int i = 0; i < RM; ++i) {
             const int qi = q0 + ty + TY * i;
@@ -294,8 +382,11 @@ FUSER_INLINE void fuser_attn_simt(const fuser_attn_params& p) {
 #pragma unroll
             for (int j = 0; j < 8; ++j) Ps[(ty + TY * i) * PLD + tx + 8 * j] = s[i][j];
         }
-        __syncthreads();
-        fuser_attn_fill<T, BC, DM, LD, NT>(KV, v, p.v_ss, k0, p.Skv, p.Dv, vec);
+        if (async) fuser_cp_wait<0>();
+        else {
+            if (!PF) __syncthreads();  // (one K/V buffer: the key tile is read)
+            fuser_attn_fill<T, BC, DM, LD, NT>(Vs, v, p.v_ss, k0, p.Skv, p.Dv, vec);
+        }
         __syncthreads();
         for (int jj = 0; jj < BC; jj += 4) {
             float4 pa[RM];
@@ -303,7 +394,7 @@ FUSER_INLINE void fuser_attn_simt(const fuser_attn_params& p) {
             for (int i = 0; i < RM; ++i) pa[i] = *reinterpret_cast<const float4*>(&Ps[(ty + TY * i) * PLD + jj]);
 #pragma unroll
             for (int r = 0; r < 4; ++r) {
-                const float* vrow = &KV[(jj + r) * LD + tx * 4];
+                const float* vrow = &Vs[(jj + r) * LD + tx * 4];
 #pragma unroll
                 for (int c4 = 0; c4 < OC / 4; ++c4) {  // columns tx*4 + 32*c4: a warp reads 128 contiguous bytes
                     const float4 vb = *reinterpret_cast<const float4*>(&vrow[32 * c4]);
@@ -331,18 +422,191 @@ FUSER_INLINE void fuser_attn_simt(const fuser_attn_params& p) {
     }
 }
 
+// ============================== flash_simt_kv: all keys resident (Skv <= 128) ==============================
+// For short key sequences (Skv <= 64 * NK, NK = 1 or 2 tiles of 64 keys) and head dims <= 64: every score of a
+// row lives in registers at once, so the softmax is exact in one pass (no running max, no rescaling of O).
+// 128 threads as 16 x 8 over 16 * RM query rows (64 or 32), register blocking as flash_simt (RM rows x 8 keys
+// of S per tile, RM rows x 8 columns of O). Shared memory is three 68-float-wide tiles, 52 KiB at 64 rows (four
+// blocks per SM, like flash_simt): Q then each tile's P in the first (16 * RM rows), the key tiles then the value
+// tiles in the other two (64 rows; NK = 1: K in one, V in the other). fp32 copies are cp.async, issued as soon
+// as their tile is free, so only Q and the first key tile are waited for with nothing to compute: K1 lands
+// during S0, V0 during S1, V1 during the softmax and P·V0. Columns past D (or Dv) are zero-filled up to 64,
+// so the inner loops have fixed trip counts.
+template <typename T, int NK, int RM>
+FUSER_INLINE void fuser_attn_simt_kv(const fuser_attn_params& p) {
+    enum { NT = 128, TY = 16, BR = TY * RM, BC = 64, DM = 64, LD = DM + 4, OC = 8, TILE = BC * LD };
+    FUSER_ATTN_SMEM(fuser_attn_smem);
+    float* Qs = fuser_attn_smem;   // [BR][LD]: Q, then P of one key tile
+    float* Ts = Qs + BR * LD;      // [2][BC][LD]: key tiles, then value tiles
+    typedef fuser_attn_io<T> io;
+    const int tid = threadIdx.x, tx = tid & 7, ty = tid >> 3;
+    const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * BR;
+    const int hk = h / (p.H / p.Hkv);
+    const T* q = (const T*)p.q + (fuser_i64)b * p.q_sb + (fuser_i64)h * p.q_sh;
+    const T* k = (const T*)p.k + (fuser_i64)b * p.k_sb + (fuser_i64)hk * p.k_sh;
+    const T* v = (const T*)p.v + (fuser_i64)b * p.v_sb + (fuser_i64)hk * p.v_sh;
+    T* o = (T*)p.o + (fuser_i64)b * p.o_sb + (fuser_i64)h * p.o_sh;
+    enum { VE = fuser_attn_vec<T>::V };
+    const bool vec = ((p.q | p.k | p.v) & 15) == 0 && p.D % VE == 0 && p.Dv % VE == 0;
+    const bool async = vec && VE == 4;  // fp32 rows move as they are; other dtypes are widened on the way
+    // tile kt's keys go to buffer kt, its values to buffer (NK == 1 ? 1 : kt)
+    if (async) {
+        fuser_attn_copy<BR, DM, LD, NT>(Qs, (const float*)q, p.q_ss, q0, p.Sq, p.D);
+        fuser_attn_copy<BC, DM, LD, NT>(Ts, (const float*)k, p.k_ss, 0, p.Skv, p.D);
+        fuser_cp_commit();
+        if (NK == 1) fuser_attn_copy<BC, DM, LD, NT>(Ts + TILE, (const float*)v, p.v_ss, 0, p.Skv, p.Dv);
+        else fuser_attn_copy<BC, DM, LD, NT>(Ts + TILE, (const float*)k, p.k_ss, BC, p.Skv, p.D);
+        fuser_cp_commit();
+        fuser_cp_wait<1>();
+    } else {
+        fuser_attn_fill<T, BR, DM, LD, NT>(Qs, q, p.q_ss, q0, p.Sq, p.D, vec);
+        fuser_attn_fill<T, BC, DM, LD, NT>(Ts, k, p.k_ss, 0, p.Skv, p.D, vec);
+    }
+    __syncthreads();
+    float s[NK][RM][8];
+#pragma unroll
+    for (int kt = 0; kt < NK; ++kt) {
+        if (kt > 0) {  // K1 (issued at the start) is needed now; V0 takes the buffer K0 leaves
+            __syncthreads();
+            if (async) {
+                fuser_attn_copy<BC, DM, LD, NT>(Ts, (const float*)v, p.v_ss, 0, p.Skv, p.Dv);
+                fuser_cp_commit();
+                fuser_cp_wait<1>();
+            } else {
+                fuser_attn_fill<T, BC, DM, LD, NT>(Ts + TILE, k, p.k_ss, BC, p.Skv, p.D, vec);
+            }
+            __syncthreads();
+        }
+        const float* Ks = Ts + kt * TILE;
+#pragma unroll
+        for (int i = 0; i < RM; ++i)
+#pragma unroll
+            for (int j = 0; j < 8; ++j) s[kt][i][j] = 0.0f;
+#pragma unroll 2
+        for (int d = 0; d < DM; d += 4) {
+            float4 qa[RM];
+#pragma unroll
+            for (int i = 0; i < RM; ++i) qa[i] = *reinterpret_cast<const float4*>(&Qs[(ty + TY * i) * LD + d]);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                const float4 kb = *reinterpret_cast<const float4*>(&Ks[(tx + 8 * j) * LD + d]);
+#pragma unroll
+                for (int i = 0; i < RM; ++i) s[kt][i][j] = fuser_dot4(qa[i], kb, s[kt][i][j]);
+            }
+        }
+    }
+    __syncthreads();  // Q and the last key tile are read: P and the last value tile take their place
+    if (async) {
+        if (NK > 1) {
+            fuser_attn_copy<BC, DM, LD, NT>(Ts + TILE, (const float*)v, p.v_ss, BC, p.Skv, p.Dv);
+            fuser_cp_commit();
+        }
+    } else {
+        fuser_attn_fill<T, BC, DM, LD, NT>(Ts + (NK == 1 ? TILE : 0), v, p.v_ss, 0, p.Skv, p.Dv, vec);
+        if (NK > 1) fuser_attn_fill<T, BC, DM, LD, NT>(Ts + TILE, v, p.v_ss, BC, p.Skv, p.Dv, vec);
+    }
+    // The exact softmax of each row over its NK * 64 scores (8 lanes hold a row): a full score block with no
+    // terms and a positive scale keeps the raw dot products (max on them, the scale inside the exponent).
+    const bool plain = p.nterms == 0 && !p.causal && p.scale > 0.0f;
+    const float sl = plain ? p.scale * FUSER_LOG2E : FUSER_LOG2E;
+    float l_i[RM];
+#pragma unroll
+    for (int i = 0; i < RM; ++i) {
+        const int qi = q0 + ty + TY * i;
+        fuser_i64 off[FUSER_ATTN_TERMS];
+        fuser_attn_row(p, b, h, qi, off);
+        float mx = FUSER_NEG_INF;
+#pragma unroll
+        for (int kt = 0; kt < NK; ++kt)
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                const int kj = kt * BC + tx + 8 * j;
+                const float x = s[kt][i][j];
+                s[kt][i][j] = plain ? (kj < p.Skv ? x : FUSER_NEG_INF) : fuser_attn_score(p, off, qi, kj, x);
+                mx = fmaxf(mx, s[kt][i][j]);
+            }
+        mx = fmaxf(mx, fuser_shfl_xor(mx, 1));
+        mx = fmaxf(mx, fuser_shfl_xor(mx, 2));
+        mx = fmaxf(mx, fuser_shfl_xor(mx, 4));
+        const float mu = mx == FUSER_NEG_INF ? 0.0f : mx;
+        float rs = 0.0f;
+#pragma unroll
+        for (int kt = 0; kt < NK; ++kt)
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                const float e = fuser_exp2((s[kt][i][j] - mu) * sl);
+                s[kt][i][j] = e;
+                rs += e;
+            }
+        rs += fuser_shfl_xor(rs, 1);
+        rs += fuser_shfl_xor(rs, 2);
+        rs += fuser_shfl_xor(rs, 4);
+        l_i[i] = rs;
+    }
+    float acc[RM][OC];
+#pragma unroll
+    for (int i = 0; i < RM; ++i)
+#pragma unroll
+        for (int c = 0; c < OC; ++c) acc[i][c] = 0.0f;
+#pragma unroll
+    for (int kt = 0; kt < NK; ++kt) {
+        if (kt > 0) __syncthreads();  // P of the previous tile is read
+#pragma unroll
+        for (int i = 0; i < RM; ++i)
+#pragma unroll
+            for (int j = 0; j < 8; ++j) Qs[(ty + TY * i) * LD + tx + 8 * j] = s[kt][i][j];
+        if (kt == NK - 1) fuser_cp_wait<0>();
+        else fuser_cp_wait<1>();
+        __syncthreads();
+        const float* Vs = Ts + (NK == 1 ? TILE : kt * TILE);
+#pragma unroll 2
+        for (int jj = 0; jj < BC; jj += 4) {
+            float4 pa[RM];
+#pragma unroll
+            for (int i = 0; i < RM; ++i) pa[i] = *reinterpret_cast<const float4*>(&Qs[(ty + TY * i) * LD + jj]);
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                const float* vrow = &Vs[(jj + r) * LD + tx * 4];
+#pragma unroll
+                for (int c4 = 0; c4 < OC / 4; ++c4) {
+                    const float4 vb = *reinterpret_cast<const float4*>(&vrow[32 * c4]);
+#pragma unroll
+                    for (int i = 0; i < RM; ++i) {
+                        const float pv = r == 0 ? pa[i].x : r == 1 ? pa[i].y : r == 2 ? pa[i].z : pa[i].w;
+                        acc[i][4 * c4 + 0] = fmaf(pv, vb.x, acc[i][4 * c4 + 0]);
+                        acc[i][4 * c4 + 1] = fmaf(pv, vb.y, acc[i][4 * c4 + 1]);
+                        acc[i][4 * c4 + 2] = fmaf(pv, vb.z, acc[i][4 * c4 + 2]);
+                        acc[i][4 * c4 + 3] = fmaf(pv, vb.w, acc[i][4 * c4 + 3]);
+                    }
+                }
+            }
+        }
+    }
+    const bool ovec = VE == 4 && ((p.o & 15) == 0) && p.Dv % 4 == 0;
+#pragma unroll
+    for (int i = 0; i < RM; ++i) {
+        const int qi = q0 + ty + TY * i;
+        if (qi >= p.Sq) continue;
+        T* orow = o + (fuser_i64)qi * p.o_ss;
+#pragma unroll
+        for (int c4 = 0; c4 < OC / 4; ++c4) {
+            const int col = tx * 4 + 32 * c4;
+            float r4[4];
+#pragma unroll
+            for (int u = 0; u < 4; ++u) r4[u] = fuser_attn_finish(acc[i][4 * c4 + u], l_i[i], p.nan_zero);
+            if (ovec && col < p.Dv) {
+                *reinterpret_cast<float4*>(orow + col) = make_float4(r4[0], r4[1], r4[2], r4[3]);
+            } else {
+#pragma unroll
+                for (int u = 0; u < 4; ++u)
+                    if (col + u < p.Dv) io::st(orow, col + u, r4[u]);
+            }
+        }
+    }
+}
+
 // ============================== flash_mma: tensor cores (NVIDIA sm_80+) ==============================
 #if defined(FUSER_CUDA)
-FUSER_INLINE fuser_u32 fuser_smem_u32(const void* ptr) {
-    fuser_u32 r;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(ptr));
-    return r;
-}
-FUSER_INLINE void fuser_cp_async16(fuser_u32 dst, const void* src, int bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(dst), "l"(src), "r"(bytes));
-}
-FUSER_INLINE void fuser_cp_commit() { asm volatile("cp.async.commit_group;"); }
-template <int N> FUSER_INLINE void fuser_cp_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N)); }
 FUSER_INLINE void fuser_ldsm_x4(fuser_u32 (&r)[4], fuser_u32 addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
@@ -526,7 +790,7 @@ FUSER_INLINE void fuser_attn_qk_mma(float (&sacc)[BC / 8][4], const fuser_u32 (&
 template <int BF16, int HD, int BC, int CB>
 FUSER_INLINE void fuser_attn_mma(const fuser_attn_params& p) {
     enum { BR = 64, KS = HD / 16, NO = HD / 8, NN = BC / 8, CH = HD / 8 };
-    extern __shared__ float fuser_attn_smem[];
+    FUSER_ATTN_SMEM(fuser_attn_smem);
     unsigned short* sm = reinterpret_cast<unsigned short*>(fuser_attn_smem);
     const fuser_u32 s_q = fuser_smem_u32(sm);
     const fuser_u32 s_k = s_q + BR * HD * 2;
@@ -643,7 +907,7 @@ FUSER_INLINE void fuser_attn_pp_step(const fuser_attn_params& p, float (&cur)[8]
 template <int BF16>
 FUSER_INLINE void fuser_attn_mma_pp(const fuser_attn_params& p) {
     enum { HD = 64, BC = 64, BR = 64, CH = 8, TILE = BC * HD * 2 };
-    extern __shared__ float fuser_attn_smem[];
+    FUSER_ATTN_SMEM(fuser_attn_smem);
     unsigned short* sm = reinterpret_cast<unsigned short*>(fuser_attn_smem);
     const fuser_u32 s_q = fuser_smem_u32(sm);
     const fuser_u32 s_k = s_q + BR * HD * 2;
@@ -853,10 +1117,16 @@ FUSER_INLINE void fuser_attn_pv(const fuser_attn_params& p) {
 ENTRY_MACROS = r"""
 #define FUSER_ATTN_SIMT(NAME, T, DM, BR, NT)                                                             \
     FUSER_GLOBAL void __launch_bounds__(NT) NAME(const fuser_attn_params p) { fuser_attn_simt<T, DM, BR, NT>(p); }
+#define FUSER_ATTN_SIMT_KV(NAME, T, NK, RM)                                                              \
+    FUSER_GLOBAL void __launch_bounds__(128, 4) NAME(const fuser_attn_params p) { fuser_attn_simt_kv<T, NK, RM>(p); }
 #define FUSER_ATTN_SIMT_ALL(SFX, T)                                                                      \
     FUSER_ATTN_SIMT(fuser_attn_simt64_##SFX, T, 64, 64, 128)                                             \
     FUSER_ATTN_SIMT(fuser_attn_simt64r128_##SFX, T, 64, 128, 256)                                        \
     FUSER_ATTN_SIMT(fuser_attn_simt128_##SFX, T, 128, 32, 128)                                           \
+    FUSER_ATTN_SIMT_KV(fuser_attn_simtkv64r64_##SFX, T, 1, 4)                                             \
+    FUSER_ATTN_SIMT_KV(fuser_attn_simtkv128r64_##SFX, T, 2, 4)                                            \
+    FUSER_ATTN_SIMT_KV(fuser_attn_simtkv64r32_##SFX, T, 1, 2)                                             \
+    FUSER_ATTN_SIMT_KV(fuser_attn_simtkv128r32_##SFX, T, 2, 2)                                            \
     FUSER_GLOBAL void __launch_bounds__(128) fuser_attn_scores_##SFX(const fuser_attn_params p) {          \
         fuser_attn_scores<T>(p);                                                                         \
     }                                                                                                    \
@@ -910,7 +1180,8 @@ def wgmma_source_for(sfx: str) -> str:
 
 SFX = ("f32", "f16", "bf16")
 VARIANTS: list[str] = (
-    [f"fuser_attn_{k}_{s}" for s in SFX for k in ("simt64", "simt64r128", "simt128", "scores", "pv")]
+    [f"fuser_attn_{k}_{s}" for s in SFX for k in ("simt64", "simt64r128", "simtkv64r64", "simtkv128r64", "simtkv64r32",
+                                                    "simtkv128r32", "simt128", "scores", "pv")]
     + ["fuser_attn_softmax"]
     + [f"fuser_attn_mma{v}_{s}" for s in ("f16", "bf16") for v in ("64", "64n128", "64n128cb", "64pp", "128",
                                                                     "128cb")])
@@ -918,9 +1189,10 @@ VARIANTS += _wg.VARIANTS + _tf.VARIANTS
 
 # flash_mma_n64 / _n128 pin the tensor-core kernel's keys per tile (n128: head dims up to 64);
 # flash_simt_r128 gives the CUDA-core kernel 128 query rows and 256 threads per block (head dims up to 64)
+# flash_simt_kv (_r64 / _r32 pin its query rows per block): all keys resident (head dims up to 64, up to 128 keys)
 # flash_mma_pp: the software-pipelined tensor-core kernel (head dims up to 64)
 TACTICS = ("auto", "flash_mma", "flash_mma_n64", "flash_mma_n128", "flash_mma_pp", "flash_simt", "flash_simt_r128",
-           "gemm_softmax")
+           "flash_simt_kv", "flash_simt_kv_r64", "flash_simt_kv_r32", "gemm_softmax")
 # flash_wgmma: Hopper's warpgroup MMA (sm_90 only); flash_wgmma_<variant> pins a variant of attention_wgmma.WG_VARIANTS
 TACTICS += ("flash_wgmma", *(f"flash_wgmma_{v}" for v in _wg.WG_VARIANTS))
 # flash_tf32: fp32 on TF32 tensor cores (--allow-tf32); _m1 / _m2 pin 16 or 32 query rows per warp, _trunc truncates K/V
@@ -1077,10 +1349,11 @@ def term_strides(spec: TermSpec, scores: tuple[int, int, int, int]) -> tuple[tup
 
 
 def plan(backend_name: str, dtype: np.dtype, d: int, dv: int, sq: int, skv: int, aligned: bool,
-         tactic: str = "auto", colbias: bool = False,
+         tactic: str = "auto", colbias: bool = False, bh: int = 1, num_sms: int = 132,
          arch: str = "", nterms: int = 0, causal: bool = False) -> dict:
-    """The launch rule: tactic, entry (simt64/simt64r128/simt128, mma64/mma64n128/mma128), threads, rows per
-    block, shared memory. Measured on H200 (BENCHMARKS.md): see the defaults below."""
+    """The launch rule: tactic, entry (simt64/simt64r128/simtkv*/simt128, mma64/mma64n128/mma128), threads, rows
+    per block, shared memory. ``bh`` (batch x heads) and ``num_sms`` size the grid of flash_simt_kv.
+    Measured on H200 (BENCHMARKS.md): see the defaults below."""
     dt = np.dtype(dtype) if not isinstance(dtype, str) else dtype
     half = str(dt) in ("float16", "bfloat16")
     hd = max(d, dv)
@@ -1099,7 +1372,16 @@ def plan(backend_name: str, dtype: np.dtype, d: int, dv: int, sq: int, skv: int,
             tactic = "flash_mma" if mma_ok else "auto"
     if tactic == "auto":  # head dims past 128 (rare) take the GEMM tactic, which tiles any D
         tactic = "flash_mma" if mma_ok else "flash_simt" if hd <= 128 else "gemm_softmax"
-    variant = ""
+        if tactic == "flash_simt" and SIMT_SHORT_AUTO and hd <= 64 and skv <= 128:
+            # up to 128 keys (H200 run 6): small grids take flash_simt_kv in 32-row blocks, large ones
+            # flash_simt in 128-row blocks
+            small = bh * ceil_div(sq, 64) < SIMT_KV_R64_BLOCKS_PER_SM * num_sms
+            tactic = "flash_simt_kv_r32" if small else "flash_simt_r128"
+    variant, kv_rows = "", 0
+    if tactic.startswith("flash_simt_kv"):
+        tactic, variant, kv_rows = "flash_simt", "kv", int(tactic[len("flash_simt_kv_r"):] or 0)
+        if hd > 64 or skv > 128:
+            raise ValueError(f"flash_simt_kv takes head dims up to 64 and up to 128 keys, not {hd} and {skv}")
     if tactic in ("flash_mma_n64", "flash_mma_n128", "flash_mma_pp", "flash_simt_r128"):
         tactic, variant = tactic.rsplit("_", 1)
         if hd > 64 and variant in ("n128", "r128", "pp"):
@@ -1120,6 +1402,11 @@ def plan(backend_name: str, dtype: np.dtype, d: int, dv: int, sq: int, skv: int,
         if colbias and fam in ("mma128", "mma64n128"):  # the kernel built for one key-padding-like bias
             fam += "cb"
         return {"tactic": tactic, "family": fam, "threads": 128, "rows": 64, "smem": smem}
+    if variant == "kv":  # a [rows][68] float tile (Q, then P) and two [64][68] (K, then V)
+        if not kv_rows:  # 32-row blocks when 64-row ones would leave SMs short of work (small batches)
+            kv_rows = 64 if bh * ceil_div(sq, 64) >= SIMT_KV_R64_BLOCKS_PER_SM * num_sms else 32
+        return {"tactic": "flash_simt", "family": f"simtkv{64 if skv <= 64 else 128}r{kv_rows}", "threads": 128,
+                "rows": kv_rows, "smem": (kv_rows + 2 * 64) * 68 * 4}
     if hd > 64:
         dm, br, nt = 128, 32, 128
     elif variant == "r128" or (not variant and SIMT_ROWS_D64 == 128):
@@ -1138,6 +1425,10 @@ SIMT_ROWS_D64 = 64     # query rows per block of the CUDA-core kernel at head di
 WGMMA_AUTO = True      # auto: flash_wgmma where it applies (sm_90, fp16/bf16, head dims <= 64, no terms) and
 WGMMA_AUTO_MIN_LEN = 256  # query and key lengths reach this (measured there: H200, S = 512 and 4096, 1.3-1.6x
                           # faster than flash_mma; shorter sequences are not measured, so they keep flash_mma)
+SIMT_SHORT_AUTO = True  # auto at head dims <= 64 and up to 128 keys: flash_simt_kv_r32 on small grids, else
+                        # flash_simt_r128; H200 run 6, seed B256 S128: r128 43.2 us, simt64 44.5, kv_r64 45.3,
+                        # kv_r32 51.2; B8 H12 S128: kv_r32 24.4, kv_r64 27.9, simt64 28.8, r128 30.9
+SIMT_KV_R64_BLOCKS_PER_SM = 3  # "small": fewer 64-row blocks than this per SM (flash_simt_kv's own rows rule too)
 
 
 def _allow_shared(backend: DeviceBackend, fn, nbytes: int) -> None:
@@ -1155,7 +1446,7 @@ def _allow_shared(backend: DeviceBackend, fn, nbytes: int) -> None:
             if int(res[0]) != 0:
                 raise RuntimeError(f"cuFuncSetAttribute({attr}, {value}) failed: {res[0]!r}")
         return
-    if nbytes <= 48 * 1024:
+    if backend.name != "hip" or nbytes <= 48 * 1024:  # (the CPU emulator has no limit)
         return
     from hip import hip  # never run here (no AMD GPU): the same opt-in through hipFuncSetAttribute
 
@@ -1193,7 +1484,7 @@ class Runner:
         self.item = 4 if sfx == "f32" else 2
         colbias = len(terms) == 1 and terms[0].kind in ("bias", "winbias") and \
             term_strides(terms[0], (b, h, sq, skv))[0][2] == 0
-        self.plan = plan(backend.name, self.dtype, d, dv, sq, skv, aligned, tactic, colbias,
+        self.plan = plan(backend.name, self.dtype, d, dv, sq, skv, aligned, tactic, colbias, b * h, backend.num_sms,
                          arch=backend.arch, nterms=len(terms), causal=bool(causal))
         pr = StructArgs()
         self.args = pr

@@ -117,18 +117,30 @@ SHAPES = [  # b, h, hkv, sq, skv, d, dv
 TERMS = ["none", "pad_bias", "full_bias", "bool_inf", "bool_finite", "dead_rows", "dead_rows_guard", "window"]
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=["x".join(map(str, s)) for s in SHAPES])
+# flash_simt_kv (all keys resident): head dims up to 64, up to 128 keys; shapes of its own off the tiles
+KV_SHAPES = [(2, 3, 3, 65, 128, 64, 64), (1, 4, 2, 129, 97, 40, 56), (3, 2, 1, 33, 64, 64, 64), (1, 2, 2, 5, 3, 6, 10)]
+KV_TACTICS = [("float32", "flash_simt_kv_r64"), ("float32", "flash_simt_kv_r32"), ("float16", "flash_simt_kv"),
+              ("bfloat16", "flash_simt_kv")]
+
+
+def kv_fits(tactic: str, skv: int, d: int, dv: int) -> bool:
+    return not tactic.startswith("flash_simt_kv") or (skv <= 128 and max(d, dv) <= 64)
+
+
+@pytest.mark.parametrize("shape", SHAPES + KV_SHAPES, ids=["x".join(map(str, s)) for s in SHAPES + KV_SHAPES])
 @pytest.mark.parametrize("dtype,tactic", [("float32", "flash_simt"), ("float16", "flash_mma"),
                                           ("bfloat16", "flash_mma"), ("float16", "flash_mma_n128"),
                                           ("float16", "flash_mma_pp"), ("bfloat16", "flash_mma_pp"),
                                           ("float16", "flash_simt"), ("float32", "flash_simt_r128"),
-                                          ("float32", "gemm_softmax")])
+                                          ("float32", "gemm_softmax"), *KV_TACTICS])
 def test_shapes(be, shape, dtype, tactic):
     b, h, hkv, sq, skv, d, dv = shape
     if tactic.startswith("flash_mma") and (d % 8 or dv % 8):
         pytest.skip("tensor cores take multiples of 8")
     if tactic in ("flash_simt_r128", "flash_mma_n128", "flash_mma_pp") and max(d, dv) > 64:
         pytest.skip("this tiling takes head dims up to 64")
+    if not kv_fits(tactic, skv, d, dv):
+        pytest.skip("flash_simt_kv holds up to 128 keys of head dims up to 64")
     check(be, dtype, tactic, b, h, hkv, sq, skv, d, dv)
 
 
@@ -136,7 +148,7 @@ def test_shapes(be, shape, dtype, tactic):
 @pytest.mark.parametrize("dtype,tactic", [("float32", "flash_simt"), ("float16", "flash_mma"),
                                           ("bfloat16", "flash_mma"), ("float16", "flash_mma_n128"),
                                           ("float16", "flash_mma_pp"), ("float32", "flash_simt_r128"),
-                                          ("float32", "gemm_softmax")])
+                                          ("float32", "gemm_softmax"), *KV_TACTICS])
 def test_terms(be, term, dtype, tactic):
     check(be, dtype, tactic, 2, 4, 2, 70, 90, 64, 64, term=term)
 
@@ -144,9 +156,11 @@ def test_terms(be, term, dtype, tactic):
 @pytest.mark.parametrize("dtype,tactic", [("float32", "flash_simt"), ("float16", "flash_mma"),
                                           ("float16", "flash_mma_n128"), ("float16", "flash_mma_pp"),
                                           ("bfloat16", "flash_simt"), ("float32", "flash_simt_r128"),
-                                          ("float32", "gemm_softmax")])
-@pytest.mark.parametrize("sq,skv", [(130, 130), (64, 200), (200, 64), (1, 1)])
+                                          ("float32", "gemm_softmax"), *KV_TACTICS])
+@pytest.mark.parametrize("sq,skv", [(130, 130), (64, 200), (200, 64), (1, 1), (128, 128), (100, 37)])
 def test_causal(be, dtype, tactic, sq, skv):
+    if not kv_fits(tactic, skv, 64, 64):
+        pytest.skip("flash_simt_kv holds up to 128 keys")
     check(be, dtype, tactic, 2, 4, 4, sq, skv, 64, 64, term="pad_bias", causal=True)
 
 
@@ -154,6 +168,26 @@ def test_seed_shape_fp32(be):
     check(be, "float32", "flash_simt", 256, 1, 1, 128, 128, 64, 64)
     check(be, "float32", "gemm_softmax", 256, 1, 1, 128, 128, 64, 64)
     check(be, "float32", "flash_simt_r128", 256, 1, 1, 128, 128, 64, 64)
+    check(be, "float32", "flash_simt_kv_r64", 256, 1, 1, 128, 128, 64, 64)
+    check(be, "float32", "flash_simt_kv_r32", 256, 1, 1, 128, 128, 64, 64)
+    check(be, "float32", "flash_simt_kv", 8, 12, 12, 128, 128, 64, 64)
+
+
+def test_kv_scale_and_plain_path(be):
+    """flash_simt_kv's plain path (no terms, positive scale: the scale inside the exponent) next to a negative
+    scale (the general path), on large dot products."""
+    for scale_sign in (1.0, -1.0):
+        b, h, s, d = 2, 2, 100, 64
+        q, k, v = rnd((b, h, s, d), 1, 3.0), rnd((b, h, s, d), 2, 3.0), rnd((b, h, s, d), 3)
+        scale = scale_sign / np.sqrt(d)
+        want = A.reference(q.astype(np.float64), k, v, scale=scale)
+        r = A.Runner(be, q.shape, k.shape, v.shape, "float32", scale, tactic="flash_simt_kv")
+        qd, kd, vd = (to_dev(x, "float32") for x in (q, k, v))
+        out = torch.full((b * h * s * d,), float("nan"), dtype=torch.float32, device="cuda")
+        r([qd, kd, vd], out.data_ptr())
+        torch.cuda.synchronize()
+        got = out.to(torch.float64).cpu().numpy().reshape(want.shape)
+        assert np.linalg.norm(got - want) / np.linalg.norm(want) <= TOL["float32"]
 
 
 def test_misaligned_pointer_falls_back(be):

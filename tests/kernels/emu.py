@@ -40,6 +40,7 @@ SHIM = r"""
 #include <memory>
 #include <utility>
 #define __HIP__ 1
+#define FUSER_EMU 1  // kernels that need it: dynamic shared memory as a static array
 #define __global__
 #define __device__
 #define __host__
@@ -57,6 +58,11 @@ struct uint4 { unsigned x, y, z, w; };
 struct uint2 { unsigned x, y; };
 struct int4 { int x, y, z, w; };
 inline float __expf(float v) { return expf(v); }
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+inline float __int_as_float(int v) { return __builtin_bit_cast(float, v); }
+inline float __uint_as_float(unsigned v) { return __builtin_bit_cast(float, v); }
+inline int __float_as_int(float v) { return __builtin_bit_cast(int, v); }
+inline unsigned __float_as_uint(float v) { return __builtin_bit_cast(unsigned, v); }
 inline float __fdividef(float a, float b) { return a / b; }
 inline float rsqrtf(float v) { return 1.0f / sqrtf(v); }
 struct emu_block {

@@ -165,8 +165,9 @@ class FakeCuda(DeviceBackend):
     ("float32", 64, "flash_simt_r128", "fuser_attn_simt64r128_f32", 128, 87040),
     ("bfloat16", 128, "auto", "fuser_attn_mma128cb_bf16", 64, 81920),
     ("float16", 72, "auto", "fuser_attn_mma128cb_f16", 64, 81920),
-    ("float16", 36, "auto", "fuser_attn_simt64_f16", 64, 52224),   # not a multiple of 8: CUDA cores
-    ("float32", 64, "auto", "fuser_attn_simt64_f32", 64, 52224),
+    ("float16", 36, "auto", "fuser_attn_simtkv128r32_f16", 32, 43520),   # not a multiple of 8: CUDA cores
+    ("float32", 64, "auto", "fuser_attn_simtkv128r32_f32", 32, 43520),   # <= 128 keys: all of them resident
+    ("float32", 64, "flash_simt", "fuser_attn_simt64_f32", 64, 52224),
     ("float32", 96, "auto", "fuser_attn_simt128_f32", 32, 59392),
     ("float32", 256, "auto", "fuser_attn_scores_f32", 64, 0),      # past 128: the GEMM tactic
 ])
