@@ -25,6 +25,7 @@ from fuser.kernels import attention as A  # noqa: E402
 
 TOL = {"float32": 2e-5, "float16": 3e-3, "bfloat16": 2e-2}
 TORCH = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+TF32_TOL = 3e-3  # flash_tf32 (fp32 on TF32 tensor cores, --allow-tf32): products of 10-bit mantissas
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,8 @@ def check(be, dtype: str, tactic: str, b: int, h: int, hkv: int, sq: int, skv: i
                  tactic)
     assert r.tactic == ("flash_wgmma" if tactic.startswith("flash_wgmma") else
                         "flash_mma" if tactic.startswith("flash_mma") else
-                        "flash_simt" if tactic.startswith("flash_simt") else tactic)
+                        "flash_simt" if tactic.startswith("flash_simt") else
+                        "flash_tf32" if tactic.startswith("flash_tf32") else tactic)
     qd, kd, vd = (to_dev(x, dtype) for x in (q, k, v))
     out = torch.full((b * h * sq * dv + 64,), float("nan"), dtype=TORCH[dtype], device="cuda")
     r([qd, kd, vd, *dev_terms], out.data_ptr())
@@ -106,7 +108,8 @@ def check(be, dtype: str, tactic: str, b: int, h: int, hkv: int, sq: int, skv: i
     assert np.array_equal(np.isnan(got), nan_want), f"{int(np.isnan(got).sum())} NaN, want {int(nan_want.sum())}"
     w, g = want[~nan_want], got[~nan_want]
     err = float(np.linalg.norm(g - w) / max(np.linalg.norm(w), 1e-30))
-    assert err <= TOL[dtype], f"rel-L2 {err:.3e} > {TOL[dtype]:.0e}"
+    tol = TF32_TOL if tactic.startswith("flash_tf32") else TOL[dtype]
+    assert err <= tol, f"rel-L2 {err:.3e} > {tol:.0e}"
 
 
 SHAPES = [  # b, h, hkv, sq, skv, d, dv
@@ -276,3 +279,92 @@ def test_wgmma_scale_and_fallbacks(be):
     torch.cuda.synchronize()
     got = out[1:].to(torch.float64).cpu().numpy().reshape(want.shape)
     assert np.linalg.norm(got - want) / np.linalg.norm(want) < TOL["float16"]
+
+
+# -- flash_tf32: fp32 on TF32 tensor cores (--allow-tf32), rel-L2 <= TF32_TOL against float64 ------------------
+TF32_TACTICS = ["flash_tf32", "flash_tf32_m2", "flash_tf32_trunc"]
+TF32_SHAPES = [(2, 3, 3, 200, 333, 64, 64), (1, 4, 2, 65, 130, 40, 64), (2, 2, 1, 129, 1, 8, 16),
+               (1, 2, 2, 300, 97, 128, 128), (1, 4, 1, 33, 257, 96, 56)]
+
+
+@pytest.mark.parametrize("shape", SHAPES + TF32_SHAPES, ids=["x".join(map(str, s)) for s in SHAPES + TF32_SHAPES])
+@pytest.mark.parametrize("tactic", TF32_TACTICS)
+def test_tf32_shapes(be, shape, tactic):
+    b, h, hkv, sq, skv, d, dv = shape
+    if d % 8 or dv % 8:
+        pytest.skip("tensor cores take multiples of 8")
+    check(be, "float32", tactic, b, h, hkv, sq, skv, d, dv)
+
+
+@pytest.mark.parametrize("term", TERMS)
+@pytest.mark.parametrize("tactic,d", [("flash_tf32", 64), ("flash_tf32_m2", 64), ("flash_tf32", 128)])
+def test_tf32_terms(be, term, tactic, d):
+    check(be, "float32", tactic, 2, 4, 2, 70, 90, d, d, term=term)
+
+
+@pytest.mark.parametrize("tactic,d", [("flash_tf32", 64), ("flash_tf32_m2", 64), ("flash_tf32", 128)])
+@pytest.mark.parametrize("sq,skv", [(130, 130), (64, 200), (200, 64), (1, 1), (128, 128), (100, 37)])
+def test_tf32_causal(be, tactic, d, sq, skv):
+    check(be, "float32", tactic, 2, 4, 4, sq, skv, d, d, term="pad_bias", causal=True)
+    check(be, "float32", tactic, 1, 4, 2, sq, skv, d, d, causal=True, seed=1)
+
+
+def test_tf32_bert_shapes(be):
+    """BERT-base's attention (12 heads, D=64) at S=128 and 512 with its key-padding bias, and a plain S=512."""
+    check(be, "float32", "flash_tf32", 2, 12, 12, 512, 512, 64, 64, term="pad_bias")
+    check(be, "float32", "flash_tf32", 8, 12, 12, 128, 128, 64, 64, term="pad_bias")
+    check(be, "float32", "flash_tf32_m2", 2, 12, 12, 512, 512, 64, 64)
+
+
+def test_tf32_large_scores_and_fallbacks(be):
+    """Large dot products (TF32's error grows with them) with a positive and a negative scale; fp16 tensors,
+    head dims that are not multiples of 8 and a misaligned pointer take the other kernels (checked here)."""
+    b, h, s, d = 2, 2, 150, 64
+    q, k, v = rnd((b, h, s, d), 1, 3.0), rnd((b, h, s, d), 2, 3.0), rnd((b, h, s, d), 3)
+    for scale in (0.5 / np.sqrt(d), -1.0 / np.sqrt(d)):
+        want = A.reference(q.astype(np.float64), k, v, scale=scale)
+        r = A.Runner(be, q.shape, k.shape, v.shape, "float32", scale, tactic="flash_tf32")
+        assert r.tactic == "flash_tf32"
+        out = torch.full((b * h * s * d,), float("nan"), dtype=torch.float32, device="cuda")
+        r([to_dev(x, "float32") for x in (q, k, v)], out.data_ptr())
+        torch.cuda.synchronize()
+        got = out.to(torch.float64).cpu().numpy().reshape(want.shape)
+        assert np.linalg.norm(got - want) / np.linalg.norm(want) <= 2 * TF32_TOL
+    assert A.Runner(be, q.shape, k.shape, v.shape, "float16", tactic="flash_tf32").tactic == "flash_mma"
+    assert A.Runner(be, (1, 2, 8, 36), (1, 2, 8, 36), (1, 2, 8, 36), "float32",
+                    tactic="flash_tf32").tactic.startswith("flash_simt")
+    bufs = [torch.zeros(x.size + 8, dtype=torch.float32, device="cuda") for x in (q, k, v)]
+    for buf, x in zip(bufs, (q, k, v), strict=True):
+        buf[1:1 + x.size] = torch.from_numpy(x.ravel()).cuda()
+    want = A.reference(q.astype(np.float64), k, v, causal=True)
+    r = A.Runner(be, q.shape, k.shape, v.shape, "float32", causal=True, tactic="flash_tf32")
+    out = torch.full((b * h * s * d + 1,), float("nan"), dtype=torch.float32, device="cuda")
+    r([buf.data_ptr() + 4 for buf in bufs], out.data_ptr() + 4)  # off 16 bytes: the CUDA-core kernel runs
+    torch.cuda.synchronize()
+    got = out[1:].to(torch.float64).cpu().numpy().reshape(want.shape)
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) <= TOL["float32"]
+
+
+@pytest.mark.parametrize("scale_sign", [1.0, -1.0])
+@pytest.mark.parametrize("bias_dtype", ["float32", "float16"])
+@pytest.mark.parametrize("tactic", ["flash_tf32", "flash_tf32_m2"])
+def test_tf32_padding_bias_paths(be, scale_sign, bias_dtype, tactic):
+    """The key-padding kernels: bias / scale staged in shared memory (positive scale) and the general path (negative
+    scale), random keys padded, an fp16 bias beside fp32 tensors, with and without causal."""
+    b, h, sq, skv, d = 2, 4, 150, 170, 64
+    q, k, v = rnd((b, h, sq, d), 5), rnd((b, 2, skv, d), 6), rnd((b, 2, skv, d), 7)
+    keep = np.random.default_rng(8).random((b, 1, 1, skv)) > 0.3
+    bias = np.where(keep, 0.0, -1e4).astype(bias_dtype)
+    scale = scale_sign / np.sqrt(d)
+    for causal in (False, True):
+        want = A.reference(q.astype(np.float64), k, v, scale=scale, causal=causal, terms=[("bias", bias)])
+        r = A.Runner(be, q.shape, k.shape, v.shape, "float32", scale, causal,
+                     [A.TermSpec("bias", bias_dtype, bias.shape)], tactic=tactic)
+        assert r.tactic == "flash_tf32" and r.plan["family"].endswith("cb")
+        out = torch.full((b * h * sq * d + 64,), float("nan"), dtype=torch.float32, device="cuda")
+        r([to_dev(x, "float32") for x in (q, k, v)] + [to_dev(bias, bias_dtype)], out.data_ptr())
+        torch.cuda.synchronize()
+        got_all = out.to(torch.float64).cpu().numpy()
+        assert np.isnan(got_all[b * h * sq * d:]).all()
+        got = got_all[:b * h * sq * d].reshape(want.shape)
+        assert np.linalg.norm(got - want) / np.linalg.norm(want) <= TF32_TOL
