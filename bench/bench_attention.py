@@ -7,6 +7,10 @@ Cases (issue: attention):
   flash_wgmma against SDPA; goal: <= 1.2x SDPA's time;
 - info rows: bf16, causal, a BERT padding mask, LLaMA-style GQA (32/8 heads, D=128).
 
+TF32 rows (``--tf32``: only these): fp32 tensors with TF32 allowed, as a model fused with ``onnx-fuse --allow-tf32``
+runs — ours on flash_tf32 (TF32 tensor cores; _m2: 32 query rows per warp, _trunc: K/V truncated) against SDPA and
+the naive path with ``torch.backends.cuda.matmul.allow_tf32 = True`` — at B=8, 12 heads, D=64, S=512 and 128.
+
 Method (as bench_kernels.py): each call captured 20+ times into a CUDA graph, the replay timed with CUDA
 events, median of 25 replays per call; inputs rotate over enough sets to exceed 3x L2 when one set fits.
 Accuracy against a float64 reference computed by torch on the GPU: SNR (dB, higher is better) and cosine.
@@ -32,6 +36,7 @@ from fuser.kernels import attention as A
 from fuser.kernels.backend import select_backend
 
 L2_FACTOR = 3
+OPTIONS = {"tf32_only": False}  # --tf32: run the TF32 rows only
 # flash_wgmma (Hopper only; elsewhere these rows run flash_mma): the launch rule's pick, then pinned variants
 WGMMA = ["flash_wgmma", "flash_wgmma_2n64q", "flash_wgmma_1n64q3", "flash_wgmma_2n64"]
 
@@ -91,7 +96,12 @@ def ref64(q, k, v, scale, causal=False, bias=None):
 
 
 def run_case(be, name: str, b: int, h: int, hkv: int, s: int, d: int, dtype: torch.dtype, tactics: list[str],
-             causal: bool = False, pad: bool = False, goal: str = "", naive: bool = True) -> list[dict]:
+             causal: bool = False, pad: bool = False, goal: str = "", naive: bool = True,
+             tf32: bool = False) -> list[dict]:
+    if OPTIONS["tf32_only"] and not tf32:
+        return []
+    # tf32: PyTorch's matmuls (the naive path, SDPA's math backend) may run on TF32 tensor cores
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
     torch.manual_seed(0)
     l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 << 20)
     esz = torch.tensor([], dtype=dtype).element_size()
@@ -177,7 +187,9 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="/tmp/out")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--tf32", action="store_true", help="only the TF32 rows (fp32 with TF32 allowed)")
     args = ap.parse_args()
+    OPTIONS["tf32_only"] = args.tf32
     be = select_backend("cuda")
     props = torch.cuda.get_device_properties(0)
     print(f"device {props.name}, {props.multi_processor_count} SMs, torch {torch.__version__}")
@@ -203,6 +215,20 @@ def main() -> int:
                          goal="info", naive=False)
         rows += run_case(be, "B8 H12 S128 D64 fp32", 8, 12, 12, 128, 64, f32,
                          ["flash_simt", "flash_simt_r128", "gemm_softmax"], goal="info")
+    # fp32 with TF32 allowed (onnx-fuse --allow-tf32): flash_tf32 against PyTorch's TF32 paths
+    tf32 = ["flash_tf32", "flash_tf32_m2", "flash_tf32_trunc"]
+    rows += run_case(be, "TF32 B8 H12 S512 D64", 8, 12, 12, 512, 64, f32, [*tf32, "flash_simt"], goal="info",
+                     tf32=True)
+    rows += run_case(be, "TF32 B8 H12 S128 D64", 8, 12, 12, 128, 64, f32, [*tf32, "auto"], goal="info", tf32=True)
+    rows += run_case(be, "TF32 BERT B8 S512 pad mask", 8, 12, 12, 512, 64, f32, tf32[:2], pad=True, goal="info",
+                     tf32=True)
+    rows += run_case(be, "TF32 BERT B8 S128 pad mask", 8, 12, 12, 128, 64, f32, tf32[:2], pad=True, goal="info",
+                     tf32=True)
+    if not args.quick:
+        rows += run_case(be, "TF32 B8 H12 S512 D64 causal", 8, 12, 12, 512, 64, f32, tf32[:2], causal=True,
+                         goal="info", tf32=True)
+        rows += run_case(be, "TF32 B4 H16 S1024 D128", 4, 16, 16, 1024, 128, f32, ["flash_tf32"], goal="info",
+                         tf32=True, naive=False)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_attention.json").write_text(json.dumps({"device": props.name, "torch": torch.__version__,
