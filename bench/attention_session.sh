@@ -3,12 +3,15 @@
 # compile the three dtype sources in parallel processes into the disk cache, run the GPU tests, then the
 # benchmark. Logs in $OUT (gpu_tests.log, bench.log, bench_attention.json, device.txt); the table prints last.
 # Usage (device tool, from the repo root, carry [".whl"]): bash bench/attention_session.sh [--quick] [--no-tests]
+# [--ncu | --ncu-fp32] (ncu on bench/profile_attention.py's kernels, after the benchmark; --ncu-fp32: its fp32 set)
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
-QUICK=""; TESTS=1; NCU=0
-for a in "$@"; do case "$a" in --quick) QUICK="--quick" ;; --no-tests) TESTS=0 ;; --ncu) NCU=1 ;; esac; done
+QUICK=""; TESTS=1; NCU=0; NCU_SET=""
+for a in "$@"; do
+    case "$a" in --quick) QUICK="--quick" ;; --no-tests) TESTS=0 ;; --ncu) NCU=1 ;; --ncu-fp32) NCU=1; NCU_SET=fp32 ;; esac
+done
 cd "$REPO"
 python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/proj . 2>&1 | tail -2
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>&1 | tail -2
@@ -38,12 +41,12 @@ if [ "$TESTS" = 1 ]; then
     rc=${PIPESTATUS[0]}
     echo "gpu tests exit code: $rc"
 fi
+timeout 300 python3 "$REPO/bench/bench_attention.py" --out "$OUT" $QUICK 2>&1 | tee "$OUT/bench.log" | grep -v "^$" | tail -70
 if [ "$NCU" = 1 ]; then
     NCU_BIN=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-    timeout 180 "$NCU_BIN" --clock-control none -k regex:fuser_attn --launch-skip-before-match 0 -c 8 \
+    timeout 120 "$NCU_BIN" --clock-control none -k regex:fuser_attn --launch-skip-before-match 0 -c 8 \
         --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
-        --section ComputeWorkloadAnalysis python3 "$REPO/bench/profile_attention.py" > "$OUT/ncu.txt" 2>&1
+        --section ComputeWorkloadAnalysis python3 "$REPO/bench/profile_attention.py" $NCU_SET > "$OUT/ncu.txt" 2>&1
     grep -E "fuser_attn_|Duration|Achieved Occupancy|Theoretical Occupancy|Registers Per|Compute \(SM\) Throughput|Memory Throughput|Block Limit|Stall|Issue Slots Busy|Dynamic Shared" "$OUT/ncu.txt" | head -90
 fi
-timeout 300 python3 "$REPO/bench/bench_attention.py" --out "$OUT" $QUICK 2>&1 | tee "$OUT/bench.log" | grep -v "^$" | tail -70
 exit $rc

@@ -5,7 +5,8 @@ Cases (issue: attention):
   gemm_softmax tactic) against PyTorch SDPA and the naive matmul-softmax-matmul; goal: <= SDPA;
 - B=8, 12 heads, S=512, D=64, fp16 and B=1, 12 heads, S=4096, D=64, fp16 — flash_mma and (Hopper)
   flash_wgmma against SDPA; goal: <= 1.2x SDPA's time;
-- info rows: bf16, causal, a BERT padding mask, LLaMA-style GQA (32/8 heads, D=128).
+- info rows: bf16, causal, a BERT padding mask, LLaMA-style GQA (32/8 heads, D=128); fp32 at B8 H12 S128
+  (plain and with the padding mask, BERT-base's shape) and S512.
 
 TF32 rows (``--tf32``: only these): fp32 tensors with TF32 allowed, as a model fused with ``onnx-fuse --allow-tf32``
 runs — ours on flash_tf32 (TF32 tensor cores; _m2: 32 query rows per warp, _trunc: K/V truncated) against SDPA and
@@ -163,7 +164,8 @@ def run_case(be, name: str, b: int, h: int, hkv: int, s: int, d: int, dtype: tor
             torch.cuda.synchronize()
             snr, cos = accuracy(os_[0], want)
             written = bool(torch.isfinite(os_[0]).all())
-            results[f"ours:{tac}"] = {**t, "snr_db": snr, "cosine": cos, "written": written, "tactic": r.tactic}
+            results[f"ours:{tac}"] = {**t, "snr_db": snr, "cosine": cos, "written": written, "tactic": r.tactic,
+                                      "family": r.plan.get("family", "")}
         except Exception as e:  # noqa: BLE001
             results[f"ours:{tac}"] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
     base = results.get("naive", {}).get("median_ms") or results.get("sdpa", {}).get("median_ms")
@@ -199,7 +201,8 @@ def main() -> int:
     t0 = time.time()
     f16, f32, bf16 = torch.float16, torch.float32, torch.bfloat16
     rows += run_case(be, "seed B256 S128 H1 D64", 256, 1, 1, 128, 64, f32,
-                     ["flash_simt", "flash_simt_r128", "gemm_softmax"], goal="<= SDPA fp32")
+                     ["auto", "flash_simt", "flash_simt_r128", "flash_simt_kv_r64", "flash_simt_kv_r32",
+                      "gemm_softmax"], goal="<= SDPA fp32")
     rows += run_case(be, "B8 H12 S512 D64", 8, 12, 12, 512, 64, f16,
                      ["flash_mma_n64", "flash_mma_n128", "flash_mma_pp", "flash_simt", *WGMMA], goal="<= 1.2x SDPA")
     rows += run_case(be, "B1 H12 S4096 D64", 1, 12, 12, 4096, 64, f16,
@@ -214,7 +217,12 @@ def main() -> int:
         rows += run_case(be, "GQA B2 H32/8 S1024 D128 causal", 2, 32, 8, 1024, 128, f16, ["flash_mma"], causal=True,
                          goal="info", naive=False)
         rows += run_case(be, "B8 H12 S128 D64 fp32", 8, 12, 12, 128, 64, f32,
-                         ["flash_simt", "flash_simt_r128", "gemm_softmax"], goal="info")
+                         ["auto", "flash_simt", "flash_simt_r128", "flash_simt_kv_r64", "flash_simt_kv_r32",
+                          "gemm_softmax"], goal="info")
+        rows += run_case(be, "BERT B8 S128 fp32 pad mask", 8, 12, 12, 128, 64, f32,
+                         ["auto", "flash_simt", "flash_simt_kv_r64", "flash_simt_kv_r32"], pad=True, goal="info")
+        rows += run_case(be, "B8 H12 S512 D64 fp32", 8, 12, 12, 512, 64, f32, ["flash_simt", "flash_simt_r128"],
+                         goal="info")
     # fp32 with TF32 allowed (onnx-fuse --allow-tf32): flash_tf32 against PyTorch's TF32 paths
     tf32 = ["flash_tf32", "flash_tf32_m2", "flash_tf32_trunc"]
     rows += run_case(be, "TF32 B8 H12 S512 D64", 8, 12, 12, 512, 64, f32, [*tf32, "flash_simt"], goal="info",
@@ -241,7 +249,8 @@ def main() -> int:
             print(f"| {r['case']} | {r['impl']} | {r.get('error', '')[:60]} | | | | | |")
             continue
         vs = f"{r['vs_sdpa']:.2f}" if r.get("vs_sdpa") else ""
-        print(f"| {r['case']} | {r['impl']} | {r['median_ms']:.4f} | {r['tflops']:.1f} | {vs} | "
+        impl = r["impl"] + (f" ({r['family']})" if r.get("family") else "")
+        print(f"| {r['case']} | {impl} | {r['median_ms']:.4f} | {r['tflops']:.1f} | {vs} | "
               f"{r['snr_db']:.1f} | {r['cosine']:.7f} | {r['goal']} |")
     return 0
 

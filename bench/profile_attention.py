@@ -1,10 +1,12 @@
 """Launch each attention kernel of the benchmark's headline cases a few times, for ``ncu`` to profile
 (bench/attention_session.sh --ncu): the seed fp32 shape on flash_simt, B8 H12 S512 D64 fp16 on both
-flash_mma row tilings, and the BERT padding-mask case."""
+flash_mma row tilings, and the BERT padding-mask case; with the argument ``fp32``: the CUDA-core kernels
+(flash_simt_kv and flash_simt) on the seed shape and B8 H12 S128."""
 
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 
@@ -28,6 +30,12 @@ def launch(be, b, h, s, d, dtype, tactic, pad=False, reps=2):
 
 if __name__ == "__main__":
     be = select_backend("cuda")
+    if sys.argv[1:] == ["fp32"]:  # the CUDA-core kernels on the seed shape and B8 H12 S128, one launch each
+        launch(be, 256, 1, 128, 64, torch.float32, "flash_simt_kv_r64", reps=1)
+        launch(be, 256, 1, 128, 64, torch.float32, "flash_simt", reps=1)
+        launch(be, 8, 12, 128, 64, torch.float32, "flash_simt_kv_r32", reps=1)
+        launch(be, 8, 12, 128, 64, torch.float32, "flash_simt_kv_r64", reps=1)
+        sys.exit(0)
     launch(be, 256, 1, 128, 64, torch.float32, "flash_simt")
     launch(be, 8, 12, 512, 64, torch.float16, "flash_mma_n64")
     launch(be, 8, 12, 512, 64, torch.float16, "flash_mma_pp")
