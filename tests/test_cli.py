@@ -41,8 +41,11 @@ def test_fuse_writes_verified_model_and_report(tmp_path: Path) -> None:
     assert r["schema_version"] == 1 and r["tool"]["name"] == "onnx-fuse"
     assert r["output"]["sha256"] and r["input"]["sha256"]
     assert r["op_counts"]["before"]["BatchNormalization"] == 9
-    assert r["op_counts"]["after"]["fuser::FusedConvLeakyRelu"] == 9
+    assert r["op_counts"]["after"]["fuser::FusedConvLeakyRelu"] == 6
+    assert r["op_counts"]["after"]["fuser::FusedConvLeakyReluAdd"] == 3  # its shortcut Adds
+    assert "Add" not in r["op_counts"]["after"]
     assert len([f for f in r["fusions"] if f["kernel"] == "conv"]) == 9
+    assert r["pass_counts"]["conv_shortcut"] == 3
     assert r["verification"]["passed"] and len(r["verification"]["outputs"]) == 2
     assert [x for x in tmp_path.iterdir() if x.name.endswith(".tmp")] == []
 

@@ -130,7 +130,8 @@ def test_pytorch_converted(name: str) -> None:
 
 
 @pytest.mark.parametrize("example,expected", [
-    ("darknet_tiny", {"fuser::FusedConvLeakyRelu": 9, "BatchNormalization": 0, "LeakyRelu": 0, "Conv": 0}),
+    ("darknet_tiny", {"fuser::FusedConvLeakyRelu": 6, "fuser::FusedConvLeakyReluAdd": 3, "Add": 0,
+                      "BatchNormalization": 0, "LeakyRelu": 0, "Conv": 0}),
     ("resnet_block", {"fuser::FusedConvRelu": 3, "fuser::FusedConvAddRelu": 2,
                       "fuser::FusedBatchNormRelu": 1, "BatchNormalization": 0, "Conv": 2}),
 ])
