@@ -106,8 +106,9 @@ main.add_command(view_cmd)
 @click.option("--keep-on-fail", is_flag=True, help="Write the output even if verification fails.")
 @click.option("--tune", is_flag=True, help="Time each fused conv's candidate kernels (and the onnxruntime "
               "library path) on the GPU and keep the fastest as its tactic; default: a documented heuristic.")
-@click.option("--allow-tf32", "allow_tf32", is_flag=True, help="Allow TF32 tensor-core conv tactics; the default "
-              "verification tolerance of fp32 outputs becomes 1e-2 when one is chosen.")
+@click.option("--allow-tf32", "allow_tf32", is_flag=True, help="Allow TF32 tensor-core tactics (conv mma_tf32, fp32 "
+              "attention flash_tf32); the default verification tolerance of fp32 outputs becomes 1e-2 when one is "
+              "chosen.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("--mapping", type=click.Path(path_type=Path), metavar="FILE.json",
               help="Also write the fused-node → source-nodes map for Model Explorer's split view.")
