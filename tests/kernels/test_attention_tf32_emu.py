@@ -128,6 +128,18 @@ def test_emulated_terms(be, kind, causal, nan_zero, family):
 
 
 @needs_cxx
+def test_emulated_padding_bias_paths(be):
+    """The key-padding kernels: the bias staged in shared memory (positive scale; an fp16 bias, random keys padded,
+    a partial last tile) and their general path (a negative scale: the bias read inside the softmax)."""
+    b, h, sq, skv = 2, 2, 70, 90
+    rng = np.random.default_rng(11)
+    bias = np.where(rng.random((b, 1, 1, skv)) > 0.3, 0.0, -1e4)
+    _check(be, "flash_tf32_m2", b, h, h, sq, skv, 64, 64, terms=[("bias", bias.astype(np.float16))], family="tf64m2cb")
+    _check(be, "flash_tf32_m1", b, h, 1, sq, skv, 64, 64, terms=[("bias", bias.astype(np.float32))], scale=-0.125,
+           family="tf64m1cb")
+
+
+@needs_cxx
 @pytest.mark.parametrize("tactic,sq,skv", [("flash_tf32_m1", 130, 130), ("flash_tf32_m2", 130, 130),
                                            ("flash_tf32_m1", 64, 150), ("flash_tf32_m2", 150, 64)])
 def test_emulated_causal(be, tactic, sq, skv):
@@ -152,13 +164,13 @@ def test_rounding_beats_truncation(be):
 # -- the launch rule (no compiler needed) -----------------------------------------------------------------
 
 @pytest.mark.parametrize("tactic,d,dv,terms,entry,rows,smem", [
-    ("flash_tf32", 64, 64, [], "fuser_attn_tf64m1_f32", 64, 71680),
-    ("flash_tf32_m2", 64, 64, [], "fuser_attn_tf64m2_f32", 128, 71680),
-    ("flash_tf32_trunc", 32, 64, [], "fuser_attn_tf64m1t_f32", 64, 71680),
-    ("flash_tf32", 64, 64, [A.TermSpec("bias", "float32", (2, 1, 1, 70))], "fuser_attn_tf64m1cb_f32", 64, 71680),
-    ("flash_tf32", 64, 64, [A.TermSpec("bias", "float32", (1, 4, 65, 70))], "fuser_attn_tf64m1_f32", 64, 71680),
-    ("flash_tf32", 128, 80, [], "fuser_attn_tf128m1_f32", 64, 68608),
-    ("flash_tf32_m2", 96, 96, [], "fuser_attn_tf128m1_f32", 64, 68608),   # m2 is a head-dims-<=-64 tiling
+    ("flash_tf32", 64, 64, [], "fuser_attn_tf64m1_f32", 64, 72192),
+    ("flash_tf32_m2", 64, 64, [], "fuser_attn_tf64m2_f32", 128, 72192),
+    ("flash_tf32_trunc", 32, 64, [], "fuser_attn_tf64m1t_f32", 64, 72192),
+    ("flash_tf32", 64, 64, [A.TermSpec("bias", "float32", (2, 1, 1, 70))], "fuser_attn_tf64m1cb_f32", 64, 72192),
+    ("flash_tf32", 64, 64, [A.TermSpec("bias", "float32", (1, 4, 65, 70))], "fuser_attn_tf64m1_f32", 64, 72192),
+    ("flash_tf32", 128, 80, [], "fuser_attn_tf128m1_f32", 64, 68864),
+    ("flash_tf32_m2", 96, 96, [], "fuser_attn_tf128m1_f32", 64, 68864),   # m2 is a head-dims-<=-64 tiling
 ])
 def test_launch_rule(tactic, d, dv, terms, entry, rows, smem):
     be = FakeCuda()
