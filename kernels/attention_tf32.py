@@ -116,11 +116,13 @@ template <int HD, int BC, int MT, int RK, int CB>
 FUSER_INLINE void fuser_attn_tf32(const fuser_attn_params& p) {
     enum { BR = 64 * MT, KS = HD / 8, NN = BC / 8, NO = HD / 8, LDK = HD + 8, LDV = HD + 4, KT = BC * LDK,
            VT = BC * LDV };
-    // [2][BC][LDK] K stages, then [2][BC][LDV] V stages. LDK = 8 mod 32 words: the 64-bit K reads of a half-warp
-    // (rows g, columns 2t) cover all 32 banks; 2 * LDV = 8 mod 32: V reads (rows 2t, 2t + 1, column g) too.
-    FUSER_ATF_SMEM(fuser_atf_sm, 2 * (KT + VT));
+    // [2][BC][LDK] K stages, [2][BC][LDV] V stages, [2][BC] key-padding bias (CB). LDK = 8 mod 32 words: the 64-bit
+    // K reads of a half-warp (rows g, columns 2t) cover all 32 banks; 2 * LDV = 8 mod 32: V reads (rows 2t, 2t + 1,
+    // column g) too.
+    FUSER_ATF_SMEM(fuser_atf_sm, 2 * (KT + VT + BC));
     float* Ks = fuser_atf_sm;
     float* Vs = fuser_atf_sm + 2 * KT;
+    float* Bs = Vs + 2 * VT;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * BR;
     const int hk = h / (p.H / p.Hkv);
@@ -157,6 +159,13 @@ FUSER_INLINE void fuser_attn_tf32(const fuser_attn_params& p) {
                 qf[mt][ks][2 + hr] = fuser_atf_rna(x.y);
             }
         }
+    // Tiles that need masking (keys past Skv, causal) or a key-padding bias (CB) take the folded softmax too when
+    // the scale is positive: masked scores are set to -inf here and CB's bias, divided by the scale once per key
+    // and staged in shared memory, is added to the raw dot products (fuser_attn_online's per-score path reads the
+    // terms from global memory inside the softmax and costs several full tiles).
+    const bool fast = p.scale > 0.0f && (CB || p.nterms == 0);
+    fuser_i64 boff[FUSER_ATTN_TERMS];
+    if (CB) fuser_attn_row(p, b, h, 0, boff);
     float oacc[MT][NO][4], m_r[MT][2], l_r[MT][2];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
@@ -174,6 +183,10 @@ FUSER_INLINE void fuser_attn_tf32(const fuser_attn_params& p) {
         if (kt + 1 < ntiles)
             fuser_atf_tile<BC, HD, LDV>(Vs + (st ^ 1) * VT, v + (fuser_i64)n0 * p.v_ss, p.v_ss, p.Skv - n0, p.Dv);
         fuser_atf_commit();
+        if (CB && fast && threadIdx.x < BC) {  // this tile's bias / scale (stage st was last read in kt - 2)
+            const int j = k0 + threadIdx.x;
+            Bs[st * BC + threadIdx.x] = j < p.Skv ? fuser_attn_terms(p, boff, j, 0.0f) / p.scale : FUSER_NEG_INF;
+        }
         fuser_atf_wait<3>();  // K(kt) (V(kt), K(kt+1), V(kt+1) may still be in flight)
         __syncthreads();
         // S = Q·Kᵀ: B-fragment of key block n, step ks = K[n*8 + g][ks*8 + 2t .. +1], one 64-bit load
@@ -198,9 +211,32 @@ FUSER_INLINE void fuser_attn_tf32(const fuser_attn_params& p) {
                 for (int n = 0; n < NN; ++n) fuser_atf_mma(sacc[mt][n], qf[mt][ks], kb[n][0], kb[n][1]);
         }
         const bool full = p.nterms == 0 && k0 + BC <= p.Skv && (!p.causal || k0 + BC - 1 <= q0);
+        if (fast && (CB || !full)) {
+            const float* bt = Bs + st * BC + 2 * t;
+#pragma unroll
+            for (int n = 0; n < NN; ++n) {
+                float2 bj;
+                bj.x = bj.y = 0.0f;
+                if (CB) bj = *reinterpret_cast<const float2*>(bt + n * 8);
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int j = k0 + n * 8 + 2 * t + e;
+                    const float bv = e ? bj.y : bj.x;
+#pragma unroll
+                    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                        for (int hr = 0; hr < 2; ++hr) {
+                            const float x = sacc[mt][n][2 * hr + e] + bv;
+                            const bool dead = (!CB && j >= p.Skv) || (p.causal && j > rw + 16 * mt + 8 * hr);
+                            sacc[mt][n][2 * hr + e] = dead ? FUSER_NEG_INF : x;
+                        }
+                }
+            }
+        }
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
-            fuser_attn_online<NN, NO, CB>(p, sacc[mt], oacc[mt], m_r[mt], l_r[mt], full, b, h, rw + 16 * mt, k0, t);
+            fuser_attn_online<NN, NO, CB>(p, sacc[mt], oacc[mt], m_r[mt], l_r[mt], fast || full, b, h, rw + 16 * mt,
+                                          k0, t);
         fuser_atf_wait<2>();  // V(kt)
         __syncthreads();
         // O += P·V over 8-key blocks: A = {P[g][2t], P[g+8][2t], P[g][2t+1], P[g+8][2t+1]} (the accumulators),
@@ -305,7 +341,7 @@ def source_for(common: str) -> str:
 
 def smem_bytes(variant: str) -> int:
     hd, bc, _, _ = TF_VARIANTS[variant]
-    return 2 * bc * ((hd + 8) + (hd + 4)) * 4
+    return 2 * bc * ((hd + 8) + (hd + 4) + 1) * 4
 
 
 def supported(backend_name: str, fp32: bool, d: int, dv: int, aligned: bool) -> bool:

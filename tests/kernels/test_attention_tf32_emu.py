@@ -164,13 +164,13 @@ def test_rounding_beats_truncation(be):
 # -- the launch rule (no compiler needed) -----------------------------------------------------------------
 
 @pytest.mark.parametrize("tactic,d,dv,terms,entry,rows,smem", [
-    ("flash_tf32", 64, 64, [], "fuser_attn_tf64m1_f32", 64, 71680),
-    ("flash_tf32_m2", 64, 64, [], "fuser_attn_tf64m2_f32", 128, 71680),
-    ("flash_tf32_trunc", 32, 64, [], "fuser_attn_tf64m1t_f32", 64, 71680),
-    ("flash_tf32", 64, 64, [A.TermSpec("bias", "float32", (2, 1, 1, 70))], "fuser_attn_tf64m1cb_f32", 64, 71680),
-    ("flash_tf32", 64, 64, [A.TermSpec("bias", "float32", (1, 4, 65, 70))], "fuser_attn_tf64m1_f32", 64, 71680),
-    ("flash_tf32", 128, 80, [], "fuser_attn_tf128m1_f32", 64, 68608),
-    ("flash_tf32_m2", 96, 96, [], "fuser_attn_tf128m1_f32", 64, 68608),   # m2 is a head-dims-<=-64 tiling
+    ("flash_tf32", 64, 64, [], "fuser_attn_tf64m1_f32", 64, 72192),
+    ("flash_tf32_m2", 64, 64, [], "fuser_attn_tf64m2_f32", 128, 72192),
+    ("flash_tf32_trunc", 32, 64, [], "fuser_attn_tf64m1t_f32", 64, 72192),
+    ("flash_tf32", 64, 64, [A.TermSpec("bias", "float32", (2, 1, 1, 70))], "fuser_attn_tf64m1cb_f32", 64, 72192),
+    ("flash_tf32", 64, 64, [A.TermSpec("bias", "float32", (1, 4, 65, 70))], "fuser_attn_tf64m1_f32", 64, 72192),
+    ("flash_tf32", 128, 80, [], "fuser_attn_tf128m1_f32", 64, 68864),
+    ("flash_tf32_m2", 96, 96, [], "fuser_attn_tf128m1_f32", 64, 68864),   # m2 is a head-dims-<=-64 tiling
 ])
 def test_launch_rule(tactic, d, dv, terms, entry, rows, smem):
     be = FakeCuda()
