@@ -201,8 +201,8 @@ def main() -> int:
     t0 = time.time()
     f16, f32, bf16 = torch.float16, torch.float32, torch.bfloat16
     rows += run_case(be, "seed B256 S128 H1 D64", 256, 1, 1, 128, 64, f32,
-                     ["auto", "flash_simt", "flash_simt_r128", "flash_simt_kv_r64", "flash_simt_kv_r32",
-                      "gemm_softmax"], goal="<= SDPA fp32")
+                     ["auto", "flash_simt", "flash_simt_r128", "flash_simt_kv_r128", "flash_simt_kv_r64",
+                      "flash_simt_kv_r32", "gemm_softmax"], goal="<= SDPA fp32")
     rows += run_case(be, "B8 H12 S512 D64", 8, 12, 12, 512, 64, f16,
                      ["flash_mma_n64", "flash_mma_n128", "flash_mma_pp", "flash_simt", *WGMMA], goal="<= 1.2x SDPA")
     rows += run_case(be, "B1 H12 S4096 D64", 1, 12, 12, 4096, 64, f16,
@@ -220,7 +220,7 @@ def main() -> int:
                          ["auto", "flash_simt", "flash_simt_r128", "flash_simt_kv_r64", "flash_simt_kv_r32",
                           "gemm_softmax"], goal="info")
         rows += run_case(be, "BERT B8 S128 fp32 pad mask", 8, 12, 12, 128, 64, f32,
-                         ["auto", "flash_simt", "flash_simt_kv_r64", "flash_simt_kv_r32"], pad=True, goal="info")
+                         ["auto", "flash_simt", "flash_simt_kv_r128", "flash_simt_kv_r32"], pad=True, goal="info")
         rows += run_case(be, "B8 H12 S512 D64 fp32", 8, 12, 12, 512, 64, f32, ["flash_simt", "flash_simt_r128"],
                          goal="info")
     # fp32 with TF32 allowed (onnx-fuse --allow-tf32): flash_tf32 against PyTorch's TF32 paths

@@ -185,6 +185,10 @@ FUSER_INLINE float fuser_dot4(const float4& a, const float4& b, float c) {
 FUSER_INLINE float fuser_attn_finish(float acc, float l, int nan_zero) {
     return l > 0.0f ? acc / l : (nan_zero ? 0.0f : FUSER_QNAN);
 }
+// 1 / l for a row's outputs (acc · (1/l): one division per row, not per output), 0 or NaN for a row of no weight
+FUSER_INLINE float fuser_attn_inv(float l, int nan_zero) {
+    return l > 0.0f ? 1.0f / l : (nan_zero ? 0.0f : FUSER_QNAN);
+}
 
 // Asynchronous 16-byte global -> shared copies (cp.async, sm_80+): the copy lands while the block computes, and
 // is complete for this thread after fuser_cp_wait<N> (all but the N most recent committed groups), for the
@@ -348,17 +352,33 @@ FUSER_INLINE void fuser_attn_simt(const fuser_attn_params& p) {
             }
         }
         if (PF) __syncthreads();  // the key tile is read: P takes its place
-#pragma unroll
-        for (int i = 0; i < RM; ++i) {
-            const int qi = q0 + ty + TY * i;
-            fuser_i64 off[FUSER_ATTN_TERMS];
-            fuser_attn_row(p, b, h, qi, off);
-            float mx = FUSER_NEG_INF;
+        // scores in natural units; the term branch is taken once per tile, outside the unrolled loops (a
+        // per-score branch lays the term code between the hot instructions, and the instruction fetch stalls)
+        if (p.nterms == 0) {
 #pragma unroll
             for (int j = 0; j < 8; ++j) {
-                s[i][j] = fuser_attn_score(p, off, qi, k0 + tx + 8 * j, s[i][j]);
-                mx = fmaxf(mx, s[i][j]);
+                const int kj = k0 + tx + 8 * j;
+#pragma unroll
+                for (int i = 0; i < RM; ++i) {
+                    const bool ok = kj < p.Skv && !(p.causal && kj > q0 + ty + TY * i);
+                    s[i][j] = ok ? s[i][j] * p.scale : FUSER_NEG_INF;
+                }
             }
+        } else {
+#pragma unroll
+            for (int i = 0; i < RM; ++i) {
+                const int qi = q0 + ty + TY * i;
+                fuser_i64 off[FUSER_ATTN_TERMS];
+                fuser_attn_row(p, b, h, qi, off);
+#pragma unroll
+                for (int j = 0; j < 8; ++j) s[i][j] = fuser_attn_score(p, off, qi, k0 + tx + 8 * j, s[i][j]);
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < RM; ++i) {
+            float mx = FUSER_NEG_INF;
+#pragma unroll
+            for (int j = 0; j < 8; ++j) mx = fmaxf(mx, s[i][j]);
             mx = fmaxf(mx, fuser_shfl_xor(mx, 1));
             mx = fmaxf(mx, fuser_shfl_xor(mx, 2));
             mx = fmaxf(mx, fuser_shfl_xor(mx, 4));
@@ -414,10 +434,11 @@ FUSER_INLINE void fuser_attn_simt(const fuser_attn_params& p) {
     for (int i = 0; i < RM; ++i) {
         const int qi = q0 + ty + TY * i;
         if (qi >= p.Sq) continue;
+        const float inv = fuser_attn_inv(l_i[i], p.nan_zero);
 #pragma unroll
         for (int c = 0; c < OC; ++c) {
             const int col = tx * 4 + 32 * (c >> 2) + (c & 3);
-            if (col < p.Dv) io::st(o, (fuser_i64)qi * p.o_ss + col, fuser_attn_finish(acc[i][c], l_i[i], p.nan_zero));
+            if (col < p.Dv) io::st(o, (fuser_i64)qi * p.o_ss + col, acc[i][c] * inv);
         }
     }
 }
@@ -432,9 +453,9 @@ FUSER_INLINE void fuser_attn_simt(const fuser_attn_params& p) {
 // as their tile is free, so only Q and the first key tile are waited for with nothing to compute: K1 lands
 // during S0, V0 during S1, V1 during the softmax and P·V0. Columns past D (or Dv) are zero-filled up to 64,
 // so the inner loops have fixed trip counts.
-template <typename T, int NK, int RM>
+template <typename T, int NK, int RM, int NT>
 FUSER_INLINE void fuser_attn_simt_kv(const fuser_attn_params& p) {
-    enum { NT = 128, TY = 16, BR = TY * RM, BC = 64, DM = 64, LD = DM + 4, OC = 8, TILE = BC * LD };
+    enum { TY = NT / 8, BR = TY * RM, BC = 64, DM = 64, LD = DM + 4, OC = 8, TILE = BC * LD, NS = NK * 8 };
     FUSER_ATTN_SMEM(fuser_attn_smem);
     float* Qs = fuser_attn_smem;   // [BR][LD]: Q, then P of one key tile
     float* Ts = Qs + BR * LD;      // [2][BC][LD]: key tiles, then value tiles
@@ -449,99 +470,103 @@ FUSER_INLINE void fuser_attn_simt_kv(const fuser_attn_params& p) {
     enum { VE = fuser_attn_vec<T>::V };
     const bool vec = ((p.q | p.k | p.v) & 15) == 0 && p.D % VE == 0 && p.Dv % VE == 0;
     const bool async = vec && VE == 4;  // fp32 rows move as they are; other dtypes are widened on the way
-    // tile kt's keys go to buffer kt, its values to buffer (NK == 1 ? 1 : kt)
+    // Key tile kt goes to buffer kt, its values to buffer (NK == 1 ? 1 : kt). NK = 1: V is copied from the
+    // start, into the buffer no key tile uses.
     if (async) {
         fuser_attn_copy<BR, DM, LD, NT>(Qs, (const float*)q, p.q_ss, q0, p.Sq, p.D);
-        fuser_attn_copy<BC, DM, LD, NT>(Ts, (const float*)k, p.k_ss, 0, p.Skv, p.D);
+#pragma unroll
+        for (int kt = 0; kt < NK; ++kt)
+            fuser_attn_copy<BC, DM, LD, NT>(Ts + kt * TILE, (const float*)k, p.k_ss, kt * BC, p.Skv, p.D);
         fuser_cp_commit();
         if (NK == 1) fuser_attn_copy<BC, DM, LD, NT>(Ts + TILE, (const float*)v, p.v_ss, 0, p.Skv, p.Dv);
-        else fuser_attn_copy<BC, DM, LD, NT>(Ts + TILE, (const float*)k, p.k_ss, BC, p.Skv, p.D);
         fuser_cp_commit();
         fuser_cp_wait<1>();
     } else {
         fuser_attn_fill<T, BR, DM, LD, NT>(Qs, q, p.q_ss, q0, p.Sq, p.D, vec);
-        fuser_attn_fill<T, BC, DM, LD, NT>(Ts, k, p.k_ss, 0, p.Skv, p.D, vec);
-    }
-    __syncthreads();
-    float s[NK][RM][8];
-#pragma unroll
-    for (int kt = 0; kt < NK; ++kt) {
-        if (kt > 0) {  // K1 (issued at the start) is needed now; V0 takes the buffer K0 leaves
-            __syncthreads();
-            if (async) {
-                fuser_attn_copy<BC, DM, LD, NT>(Ts, (const float*)v, p.v_ss, 0, p.Skv, p.Dv);
-                fuser_cp_commit();
-                fuser_cp_wait<1>();
-            } else {
-                fuser_attn_fill<T, BC, DM, LD, NT>(Ts + TILE, k, p.k_ss, BC, p.Skv, p.D, vec);
-            }
-            __syncthreads();
-        }
-        const float* Ks = Ts + kt * TILE;
-#pragma unroll
-        for (int i = 0; i < RM; ++i)
-#pragma unroll
-            for (int j = 0; j < 8; ++j) s[kt][i][j] = 0.0f;
-#pragma unroll 2
-        for (int d = 0; d < DM; d += 4) {
-            float4 qa[RM];
-#pragma unroll
-            for (int i = 0; i < RM; ++i) qa[i] = *reinterpret_cast<const float4*>(&Qs[(ty + TY * i) * LD + d]);
-#pragma unroll
-            for (int j = 0; j < 8; ++j) {
-                const float4 kb = *reinterpret_cast<const float4*>(&Ks[(tx + 8 * j) * LD + d]);
-#pragma unroll
-                for (int i = 0; i < RM; ++i) s[kt][i][j] = fuser_dot4(qa[i], kb, s[kt][i][j]);
-            }
-        }
-    }
-    __syncthreads();  // Q and the last key tile are read: P and the last value tile take their place
-    if (async) {
-        if (NK > 1) {
-            fuser_attn_copy<BC, DM, LD, NT>(Ts + TILE, (const float*)v, p.v_ss, BC, p.Skv, p.Dv);
-            fuser_cp_commit();
-        }
-    } else {
-        fuser_attn_fill<T, BC, DM, LD, NT>(Ts + (NK == 1 ? TILE : 0), v, p.v_ss, 0, p.Skv, p.Dv, vec);
-        if (NK > 1) fuser_attn_fill<T, BC, DM, LD, NT>(Ts + TILE, v, p.v_ss, BC, p.Skv, p.Dv, vec);
-    }
-    // The exact softmax of each row over its NK * 64 scores (8 lanes hold a row): a full score block with no
-    // terms and a positive scale keeps the raw dot products (max on them, the scale inside the exponent).
-    const bool plain = p.nterms == 0 && !p.causal && p.scale > 0.0f;
-    const float sl = plain ? p.scale * FUSER_LOG2E : FUSER_LOG2E;
-    float l_i[RM];
-#pragma unroll
-    for (int i = 0; i < RM; ++i) {
-        const int qi = q0 + ty + TY * i;
-        fuser_i64 off[FUSER_ATTN_TERMS];
-        fuser_attn_row(p, b, h, qi, off);
-        float mx = FUSER_NEG_INF;
 #pragma unroll
         for (int kt = 0; kt < NK; ++kt)
+            fuser_attn_fill<T, BC, DM, LD, NT>(Ts + kt * TILE, k, p.k_ss, kt * BC, p.Skv, p.D, vec);
+    }
+    __syncthreads();
+    // S = Q·Kᵀ for every key at once: one Q read serves both key tiles (4 + 8·NK 16-byte reads per 32·NK FMAs)
+    float s[RM][NS];
 #pragma unroll
-            for (int j = 0; j < 8; ++j) {
-                const int kj = kt * BC + tx + 8 * j;
-                const float x = s[kt][i][j];
-                s[kt][i][j] = plain ? (kj < p.Skv ? x : FUSER_NEG_INF) : fuser_attn_score(p, off, qi, kj, x);
-                mx = fmaxf(mx, s[kt][i][j]);
+    for (int i = 0; i < RM; ++i)
+#pragma unroll
+        for (int j = 0; j < NS; ++j) s[i][j] = 0.0f;
+#pragma unroll 2
+    for (int d = 0; d < DM; d += 4) {
+        float4 qa[RM];
+#pragma unroll
+        for (int i = 0; i < RM; ++i) qa[i] = *reinterpret_cast<const float4*>(&Qs[(ty + TY * i) * LD + d]);
+#pragma unroll
+        for (int j = 0; j < NS; ++j) {  // key (j / 8) * 64 + tx + 8 * (j % 8), row tx + 8 * j of the buffers
+            const float4 kb = *reinterpret_cast<const float4*>(&Ts[(tx + 8 * j) * LD + d]);
+#pragma unroll
+            for (int i = 0; i < RM; ++i) s[i][j] = fuser_dot4(qa[i], kb, s[i][j]);
+        }
+    }
+    __syncthreads();  // Q and the keys are read: P and the values take their place
+    if (NK > 1) {
+        if (async) {
+#pragma unroll
+            for (int kt = 0; kt < NK; ++kt) {
+                fuser_attn_copy<BC, DM, LD, NT>(Ts + kt * TILE, (const float*)v, p.v_ss, kt * BC, p.Skv, p.Dv);
+                fuser_cp_commit();
             }
+        } else {
+#pragma unroll
+            for (int kt = 0; kt < NK; ++kt)
+                fuser_attn_fill<T, BC, DM, LD, NT>(Ts + kt * TILE, v, p.v_ss, kt * BC, p.Skv, p.Dv, vec);
+        }
+    } else if (!async) {
+        fuser_attn_fill<T, BC, DM, LD, NT>(Ts + TILE, v, p.v_ss, 0, p.Skv, p.Dv, vec);
+    }
+    // The exact softmax of each row over its 64·NK scores (8 lanes hold a row). Plain (no terms, no causal,
+    // a positive scale): the max on the raw dot products, the scale inside the exponent. The branch is taken
+    // once, outside the unrolled loops: a per-score branch interleaves the term code with the hot path, and
+    // the instruction fetch stalls on it.
+    const bool plain = p.nterms == 0 && !p.causal && p.scale > 0.0f;
+    if (plain) {
+#pragma unroll
+        for (int j = 0; j < NS; ++j) {
+            const bool ok = (j / 8) * BC + tx + 8 * (j % 8) < p.Skv;
+#pragma unroll
+            for (int i = 0; i < RM; ++i) s[i][j] = ok ? s[i][j] : FUSER_NEG_INF;
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < RM; ++i) {
+            const int qi = q0 + ty + TY * i;
+            fuser_i64 off[FUSER_ATTN_TERMS];
+            fuser_attn_row(p, b, h, qi, off);
+#pragma unroll
+            for (int j = 0; j < NS; ++j)
+                s[i][j] = fuser_attn_score(p, off, qi, (j / 8) * BC + tx + 8 * (j % 8), s[i][j]);
+        }
+    }
+    const float sl = plain ? p.scale * FUSER_LOG2E : FUSER_LOG2E;
+    float inv[RM];
+#pragma unroll
+    for (int i = 0; i < RM; ++i) {
+        float mx = FUSER_NEG_INF;
+#pragma unroll
+        for (int j = 0; j < NS; ++j) mx = fmaxf(mx, s[i][j]);
         mx = fmaxf(mx, fuser_shfl_xor(mx, 1));
         mx = fmaxf(mx, fuser_shfl_xor(mx, 2));
         mx = fmaxf(mx, fuser_shfl_xor(mx, 4));
         const float mu = mx == FUSER_NEG_INF ? 0.0f : mx;
         float rs = 0.0f;
 #pragma unroll
-        for (int kt = 0; kt < NK; ++kt)
-#pragma unroll
-            for (int j = 0; j < 8; ++j) {
-                const float e = fuser_exp2((s[kt][i][j] - mu) * sl);
-                s[kt][i][j] = e;
-                rs += e;
-            }
+        for (int j = 0; j < NS; ++j) {
+            const float e = fuser_exp2((s[i][j] - mu) * sl);
+            s[i][j] = e;
+            rs += e;
+        }
         rs += fuser_shfl_xor(rs, 1);
         rs += fuser_shfl_xor(rs, 2);
         rs += fuser_shfl_xor(rs, 4);
-        l_i[i] = rs;
+        inv[i] = fuser_attn_inv(rs, p.nan_zero);
     }
     float acc[RM][OC];
 #pragma unroll
@@ -554,7 +579,7 @@ FUSER_INLINE void fuser_attn_simt_kv(const fuser_attn_params& p) {
 #pragma unroll
         for (int i = 0; i < RM; ++i)
 #pragma unroll
-            for (int j = 0; j < 8; ++j) Qs[(ty + TY * i) * LD + tx + 8 * j] = s[kt][i][j];
+            for (int j = 0; j < 8; ++j) Qs[(ty + TY * i) * LD + tx + 8 * j] = s[i][kt * 8 + j];
         if (kt == NK - 1) fuser_cp_wait<0>();
         else fuser_cp_wait<1>();
         __syncthreads();
@@ -593,7 +618,7 @@ FUSER_INLINE void fuser_attn_simt_kv(const fuser_attn_params& p) {
             const int col = tx * 4 + 32 * c4;
             float r4[4];
 #pragma unroll
-            for (int u = 0; u < 4; ++u) r4[u] = fuser_attn_finish(acc[i][4 * c4 + u], l_i[i], p.nan_zero);
+            for (int u = 0; u < 4; ++u) r4[u] = acc[i][4 * c4 + u] * inv[i];
             if (ovec && col < p.Dv) {
                 *reinterpret_cast<float4*>(orow + col) = make_float4(r4[0], r4[1], r4[2], r4[3]);
             } else {
@@ -1115,18 +1140,23 @@ FUSER_INLINE void fuser_attn_pv(const fuser_attn_params& p) {
 """
 
 ENTRY_MACROS = r"""
-#define FUSER_ATTN_SIMT(NAME, T, DM, BR, NT)                                                             \
-    FUSER_GLOBAL void __launch_bounds__(NT) NAME(const fuser_attn_params p) { fuser_attn_simt<T, DM, BR, NT>(p); }
-#define FUSER_ATTN_SIMT_KV(NAME, T, NK, RM)                                                              \
-    FUSER_GLOBAL void __launch_bounds__(128, 4) NAME(const fuser_attn_params p) { fuser_attn_simt_kv<T, NK, RM>(p); }
+// MINB: blocks per SM the registers must allow (what shared memory allows: 4, 2 and 3)
+#define FUSER_ATTN_SIMT(NAME, T, DM, BR, NT, MINB)                                                       \
+    FUSER_GLOBAL void __launch_bounds__(NT, MINB) NAME(const fuser_attn_params p) { fuser_attn_simt<T, DM, BR, NT>(p); }
+#define FUSER_ATTN_SIMT_KV(NAME, T, NK, RM, NT, MINB)                                                    \
+    FUSER_GLOBAL void __launch_bounds__(NT, MINB) NAME(const fuser_attn_params p) {                      \
+        fuser_attn_simt_kv<T, NK, RM, NT>(p);                                                            \
+    }
 #define FUSER_ATTN_SIMT_ALL(SFX, T)                                                                      \
-    FUSER_ATTN_SIMT(fuser_attn_simt64_##SFX, T, 64, 64, 128)                                             \
-    FUSER_ATTN_SIMT(fuser_attn_simt64r128_##SFX, T, 64, 128, 256)                                        \
-    FUSER_ATTN_SIMT(fuser_attn_simt128_##SFX, T, 128, 32, 128)                                           \
-    FUSER_ATTN_SIMT_KV(fuser_attn_simtkv64r64_##SFX, T, 1, 4)                                             \
-    FUSER_ATTN_SIMT_KV(fuser_attn_simtkv128r64_##SFX, T, 2, 4)                                            \
-    FUSER_ATTN_SIMT_KV(fuser_attn_simtkv64r32_##SFX, T, 1, 2)                                             \
-    FUSER_ATTN_SIMT_KV(fuser_attn_simtkv128r32_##SFX, T, 2, 2)                                            \
+    FUSER_ATTN_SIMT(fuser_attn_simt64_##SFX, T, 64, 64, 128, 4)                                          \
+    FUSER_ATTN_SIMT(fuser_attn_simt64r128_##SFX, T, 64, 128, 256, 2)                                     \
+    FUSER_ATTN_SIMT(fuser_attn_simt128_##SFX, T, 128, 32, 128, 3)                                        \
+    FUSER_ATTN_SIMT_KV(fuser_attn_simtkv64r128_##SFX, T, 1, 4, 256, 2)                                    \
+    FUSER_ATTN_SIMT_KV(fuser_attn_simtkv128r128_##SFX, T, 2, 4, 256, 2)                                   \
+    FUSER_ATTN_SIMT_KV(fuser_attn_simtkv64r64_##SFX, T, 1, 4, 128, 4)                                     \
+    FUSER_ATTN_SIMT_KV(fuser_attn_simtkv128r64_##SFX, T, 2, 4, 128, 4)                                    \
+    FUSER_ATTN_SIMT_KV(fuser_attn_simtkv64r32_##SFX, T, 1, 2, 128, 4)                                     \
+    FUSER_ATTN_SIMT_KV(fuser_attn_simtkv128r32_##SFX, T, 2, 2, 128, 4)                                    \
     FUSER_GLOBAL void __launch_bounds__(128) fuser_attn_scores_##SFX(const fuser_attn_params p) {          \
         fuser_attn_scores<T>(p);                                                                         \
     }                                                                                                    \
@@ -1180,8 +1210,8 @@ def wgmma_source_for(sfx: str) -> str:
 
 SFX = ("f32", "f16", "bf16")
 VARIANTS: list[str] = (
-    [f"fuser_attn_{k}_{s}" for s in SFX for k in ("simt64", "simt64r128", "simtkv64r64", "simtkv128r64", "simtkv64r32",
-                                                    "simtkv128r32", "simt128", "scores", "pv")]
+    [f"fuser_attn_{k}_{s}" for s in SFX for k in ("simt64", "simt64r128", "simt128", "scores", "pv")]
+    + [f"fuser_attn_simtkv{n}r{r}_{s}" for s in SFX for n in (64, 128) for r in (128, 64, 32)]
     + ["fuser_attn_softmax"]
     + [f"fuser_attn_mma{v}_{s}" for s in ("f16", "bf16") for v in ("64", "64n128", "64n128cb", "64pp", "128",
                                                                     "128cb")])
@@ -1192,7 +1222,7 @@ VARIANTS += _wg.VARIANTS + _tf.VARIANTS
 # flash_simt_kv (_r64 / _r32 pin its query rows per block): all keys resident (head dims up to 64, up to 128 keys)
 # flash_mma_pp: the software-pipelined tensor-core kernel (head dims up to 64)
 TACTICS = ("auto", "flash_mma", "flash_mma_n64", "flash_mma_n128", "flash_mma_pp", "flash_simt", "flash_simt_r128",
-           "flash_simt_kv", "flash_simt_kv_r64", "flash_simt_kv_r32", "gemm_softmax")
+           "flash_simt_kv", "flash_simt_kv_r128", "flash_simt_kv_r64", "flash_simt_kv_r32", "gemm_softmax")
 # flash_wgmma: Hopper's warpgroup MMA (sm_90 only); flash_wgmma_<variant> pins a variant of attention_wgmma.WG_VARIANTS
 TACTICS += ("flash_wgmma", *(f"flash_wgmma_{v}" for v in _wg.WG_VARIANTS))
 # flash_tf32: fp32 on TF32 tensor cores (--allow-tf32); _m1 / _m2 pin 16 or 32 query rows per warp, _trunc truncates K/V
@@ -1382,6 +1412,8 @@ def plan(backend_name: str, dtype: np.dtype, d: int, dv: int, sq: int, skv: int,
         tactic, variant, kv_rows = "flash_simt", "kv", int(tactic[len("flash_simt_kv_r"):] or 0)
         if hd > 64 or skv > 128:
             raise ValueError(f"flash_simt_kv takes head dims up to 64 and up to 128 keys, not {hd} and {skv}")
+        if kv_rows not in (0, 32, 64, 128):
+            raise ValueError(f"flash_simt_kv tiles 32, 64 or 128 query rows, not {kv_rows}")
     if tactic in ("flash_mma_n64", "flash_mma_n128", "flash_mma_pp", "flash_simt_r128"):
         tactic, variant = tactic.rsplit("_", 1)
         if hd > 64 and variant in ("n128", "r128", "pp"):
@@ -1403,10 +1435,12 @@ def plan(backend_name: str, dtype: np.dtype, d: int, dv: int, sq: int, skv: int,
             fam += "cb"
         return {"tactic": tactic, "family": fam, "threads": 128, "rows": 64, "smem": smem}
     if variant == "kv":  # a [rows][68] float tile (Q, then P) and two [64][68] (K, then V)
-        if not kv_rows:  # 32-row blocks when 64-row ones would leave SMs short of work (small batches)
-            kv_rows = 64 if bh * ceil_div(sq, 64) >= SIMT_KV_R64_BLOCKS_PER_SM * num_sms else 32
-        return {"tactic": "flash_simt", "family": f"simtkv{64 if skv <= 64 else 128}r{kv_rows}", "threads": 128,
-                "rows": kv_rows, "smem": (kv_rows + 2 * 64) * 68 * 4}
+        if not kv_rows:  # the largest row tile that the queries fill (3/4 or more) and whose grid still gives
+            # every SM enough blocks; else 32 rows
+            kv_rows = next((r for r, per_sm in SIMT_KV_ROWS if 4 * sq >= 3 * r * ceil_div(sq, r)
+                            and bh * ceil_div(sq, r) >= per_sm * num_sms), 32)
+        return {"tactic": "flash_simt", "family": f"simtkv{64 if skv <= 64 else 128}r{kv_rows}",
+                "threads": 256 if kv_rows == 128 else 128, "rows": kv_rows, "smem": (kv_rows + 2 * 64) * 68 * 4}
     if hd > 64:
         dm, br, nt = 128, 32, 128
     elif variant == "r128" or (not variant and SIMT_ROWS_D64 == 128):
@@ -1428,7 +1462,8 @@ WGMMA_AUTO_MIN_LEN = 256  # query and key lengths reach this (measured there: H2
 SIMT_SHORT_AUTO = True  # auto at head dims <= 64 and up to 128 keys: flash_simt_kv_r32 on small grids, else
                         # flash_simt_r128; H200 run 6, seed B256 S128: r128 43.2 us, simt64 44.5, kv_r64 45.3,
                         # kv_r32 51.2; B8 H12 S128: kv_r32 24.4, kv_r64 27.9, simt64 28.8, r128 30.9
-SIMT_KV_R64_BLOCKS_PER_SM = 3  # "small": fewer 64-row blocks than this per SM (flash_simt_kv's own rows rule too)
+SIMT_KV_R64_BLOCKS_PER_SM = 3  # "small": fewer 64-row blocks than this per SM
+SIMT_KV_ROWS = ((128, 1.5), (64, 3.0))  # flash_simt_kv unpinned: (rows per block, from how many blocks per SM on)
 
 
 def _allow_shared(backend: DeviceBackend, fn, nbytes: int) -> None:

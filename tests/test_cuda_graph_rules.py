@@ -30,7 +30,8 @@ def test_shape_computed_from_shape_ops_replays() -> None:
     minus1 = numpy_helper.from_array(np.array([-1], np.int64), "m1")
     ax = numpy_helper.from_array(np.array([0], np.int64), "ax")
     nodes = [helper.make_node("Shape", ["x"], ["sh"]), helper.make_node("Gather", ["sh", "i0"], ["n"]),
-             helper.make_node("Unsqueeze", ["n", "ax"], ["n1"]), helper.make_node("Concat", ["n1", "m1"], ["s"], axis=0),
+             helper.make_node("Unsqueeze", ["n", "ax"], ["n1"]),
+             helper.make_node("Concat", ["n1", "m1"], ["s"], axis=0),
              helper.make_node("Reshape", ["x", "s"], ["y"])]
     assert data_dependent_shapes(_model(nodes, [X], [idx, minus1, ax])) is None
 

@@ -122,8 +122,8 @@ TERMS = ["none", "pad_bias", "full_bias", "bool_inf", "bool_finite", "dead_rows"
 
 # flash_simt_kv (all keys resident): head dims up to 64, up to 128 keys; shapes of its own off the tiles
 KV_SHAPES = [(2, 3, 3, 65, 128, 64, 64), (1, 4, 2, 129, 97, 40, 56), (3, 2, 1, 33, 64, 64, 64), (1, 2, 2, 5, 3, 6, 10)]
-KV_TACTICS = [("float32", "flash_simt_kv_r64"), ("float32", "flash_simt_kv_r32"), ("float16", "flash_simt_kv"),
-              ("bfloat16", "flash_simt_kv")]
+KV_TACTICS = [("float32", "flash_simt_kv_r128"), ("float32", "flash_simt_kv_r64"), ("float32", "flash_simt_kv_r32"),
+              ("float16", "flash_simt_kv"), ("bfloat16", "flash_simt_kv")]
 
 
 def kv_fits(tactic: str, skv: int, d: int, dv: int) -> bool:
@@ -171,6 +171,7 @@ def test_seed_shape_fp32(be):
     check(be, "float32", "flash_simt", 256, 1, 1, 128, 128, 64, 64)
     check(be, "float32", "gemm_softmax", 256, 1, 1, 128, 128, 64, 64)
     check(be, "float32", "flash_simt_r128", 256, 1, 1, 128, 128, 64, 64)
+    check(be, "float32", "flash_simt_kv_r128", 256, 1, 1, 128, 128, 64, 64)
     check(be, "float32", "flash_simt_kv_r64", 256, 1, 1, 128, 128, 64, 64)
     check(be, "float32", "flash_simt_kv_r32", 256, 1, 1, 128, 128, 64, 64)
     check(be, "float32", "flash_simt_kv", 8, 12, 12, 128, 128, 64, 64)

@@ -38,7 +38,7 @@ def _check(be, tactic, b, h, hkv, sq, skv, d, dv, dtype=np.float32, causal=False
     return be.launches[-1][0]
 
 
-SIMT = ["flash_simt", "flash_simt_r128", "flash_simt_kv_r64", "flash_simt_kv_r32"]
+SIMT = ["flash_simt", "flash_simt_r128", "flash_simt_kv_r128", "flash_simt_kv_r64", "flash_simt_kv_r32"]
 SHAPES = [  # b, h, hkv, sq, skv, d, dv, kv batch
     (1, 2, 1, 70, 90, 64, 64, 1),      # GQA, batch-1 K/V, both key tiles
     (2, 2, 2, 33, 128, 64, 48, 2),     # Dv != D, every key of the second tile
@@ -99,8 +99,10 @@ def test_emulated_long_keys_and_wide_heads(emu_be):
 
 
 @pytest.mark.parametrize("b,h,sq,skv,tactic,entry,rows", [
-    (256, 1, 128, 128, "flash_simt_kv", "fuser_attn_simtkv128r64_f32", 64),   # 512 64-row blocks on 132 SMs
-    (8, 12, 128, 128, "flash_simt_kv", "fuser_attn_simtkv128r32_f32", 32),    # 192: too few, 32-row blocks
+    (256, 1, 128, 128, "flash_simt_kv", "fuser_attn_simtkv128r128_f32", 128),  # 256 128-row blocks on 132 SMs
+    (8, 12, 128, 128, "flash_simt_kv", "fuser_attn_simtkv128r32_f32", 32),    # 192 64-row: too few, 32-row blocks
+    (4, 100, 64, 64, "flash_simt_kv", "fuser_attn_simtkv64r64_f32", 64),      # 128-row blocks half empty
+    (2, 2, 65, 100, "flash_simt_kv_r128", "fuser_attn_simtkv128r128_f32", 128),
     (8, 12, 128, 60, "flash_simt_kv_r64", "fuser_attn_simtkv64r64_f32", 64),
     (2, 2, 65, 100, "flash_simt_kv_r32", "fuser_attn_simtkv128r32_f32", 32),
     (256, 1, 128, 128, "auto", "fuser_attn_simt64r128_f32", 128),             # auto, <= 128 keys: large grid
