@@ -23,7 +23,7 @@ bank-conflict free. Split-K as in ``conv.py``.
   ``cvt.rna`` — the same rel-L2 (~3e-4) as ``mma_tf32`` and cuDNN's TF32. The gather is 16-byte copies of 4
   pixels for 1x1 stride-1 convs (a plain GEMM over NCHW), else 4-byte zero-filling copies per element
   (channel walk or k table). Tiles 128x128 (8 warps), 128x64 / 64x128 / 64x64 / 64x32 (4 warps); the
-  warp's n8 fragments are interleaved so that B loads as vectors and each thread stores 4 or 8
+  warp's n8 fragments are interleaved so that B loads as vectors and each thread stores runs of 4 or 8
   consecutive pixels.
 
 On AMD (and in the CPU emulator) the inline PTX is replaced by a portable implementation of the same
@@ -679,11 +679,14 @@ def _entry_line(algo: str, tile: tuple[int, int]) -> str:
 
 
 # The multistage TF32 kernel: (BM, BN) -> (warps along M, warps along N, pipeline stages, blocks per SM that
-# __launch_bounds__ asks the register allocator to allow, k per stage)
+# __launch_bounds__ asks the register allocator to allow, k per stage). These are the builds measured on the
+# H200 (BENCHMARKS.md, run 1: 3, 4 or 5 stages within 1%). The kernel also builds 64x64 warp tiles (e.g.
+# 128x128 as 2x2 warps, 32 k per stage: 215 registers, 2 blocks/SM) — emulator-tested, not yet timed; try
+# them with bench_conv.py --ms-variants "128x128:2,2,3,2,32".
 MS_ALGO = "mma_tf32_ms"
 MS_TILES: dict[tuple[int, int], tuple[int, int, int, int, int]] = {
-    (128, 256): (2, 4, 3, 1, 32), (128, 128): (2, 2, 3, 2, 32), (128, 64): (2, 2, 4, 3, 16),
-    (64, 128): (1, 4, 4, 3, 16), (64, 64): (2, 2, 3, 4, 32), (64, 32): (2, 2, 4, 4, 16)}
+    (128, 128): (2, 4, 4, 2, 16), (128, 64): (2, 2, 4, 3, 16), (64, 128): (1, 4, 4, 3, 16),
+    (64, 64): (2, 2, 4, 4, 16), (64, 32): (2, 2, 4, 4, 16)}
 
 
 def ms_entry(tile: tuple[int, int]) -> str:

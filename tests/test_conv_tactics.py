@@ -23,7 +23,7 @@ from fuser.kernels import conv
 from .kernels import emu
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-KNOWN = {"library", "igemm", "mma_tf32", "mma_f16", "depthwise", "winograd"}
+KNOWN = {"library", "igemm", "mma_tf32", "mma_tf32_ms", "mma_f16", "depthwise", "winograd"}
 
 
 def _tactics(model: onnx.ModelProto) -> dict[str, str]:
@@ -75,7 +75,7 @@ def test_every_fused_conv_names_its_tactic() -> None:
 def test_allow_tf32_picks_tf32_and_widens_tolerance() -> None:
     m = conv_model((1, 32, 64, 64), (64, 32, 3, 3), {"pads": [1, 1, 1, 1]}, residual=False)
     res = optimize(m, None, device="cpu", allow_tf32=True)
-    assert set(_tactics(res.model).values()) == {"mma_tf32"}
+    assert set(_tactics(res.model).values()) == {"mma_tf32_ms"}
     assert res.report["options"]["allow_tf32"] is True
     assert all(c.rtol == TF32_RTOL for c in res.verification.checks)
     plain = optimize(m, None, device="cpu")

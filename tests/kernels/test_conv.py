@@ -96,7 +96,9 @@ def test_tactic_names_and_heuristic() -> None:
             conv.parse_tactic(bad)
     big = conv.geometry((8, 64, 128, 128), (128, 64, 3, 3), pads=[1] * 4)
     assert conv.heuristic(big, np.float32) == "winograd"
-    assert conv.heuristic(big, np.float32, allow_tf32=True) == "mma_tf32"
+    assert conv.heuristic(big, np.float32, allow_tf32=True) == "mma_tf32_ms"
+    assert conv.pick_tile("mma_tf32_ms", big) == (128, 128)
+    assert conv.pick_tile("mma_tf32_ms", conv.geometry((1, 64, 56, 56), (128, 64, 1, 1))) == (64, 32)
     assert conv.heuristic(big, np.float16) == "mma_f16"
     assert conv.heuristic(big, np.float16, backend_name="hip") == "winograd"
     dw = conv.geometry((1, 32, 56, 56), (32, 1, 3, 3), group=32, pads=[1] * 4)
@@ -318,6 +320,37 @@ def test_emulated_multistage_tf32(emu_be, case) -> None:
         emu_be.copy_dtoh(got, yb.ptr)
         err = np.linalg.norm(got.astype(np.float64) - want) / np.linalg.norm(want.astype(np.float64))
         assert err <= 1e-3, f"rel-L2 {err:.3g}"    # TF32 operands (rounded): ~2e-4
+
+
+# Builds of the multistage kernel that no tile uses by default yet (bench_conv.py --ms-variants times them):
+# 64x64 warp tiles (n8 fragments interleaved in two groups of 4) and 32 k per stage (the 8-chunk A swizzle).
+EMU_MS_BUILDS = [  # tile, (warps M, warps N, stages, min blocks, k per stage), x, w, attrs, residual mode
+    ("128x128", (2, 2, 3, 2, 32), (1, 32, 5, 4), (24, 32, 3, 3), {"pads": [1, 1, 1, 1]}, 1),
+    ("64x64", (2, 2, 3, 4, 32), (2, 48, 4, 4), (40, 48, 1, 1), {}, 2),
+    ("64x64", (2, 2, 3, 4, 32), (1, 6, 8, 9), (10, 3, 3, 2), {"group": 2, "pads": [1, 0, 0, 1]}, 0),
+]
+
+
+@needs_cxx
+@pytest.mark.parametrize("build", EMU_MS_BUILDS, ids=[f"{b[0]}-{'x'.join(map(str, b[1]))}-{'x'.join(map(str, b[2]))}"
+                                                      for b in EMU_MS_BUILDS])
+def test_emulated_multistage_other_builds(emu_be, monkeypatch, build) -> None:
+    from fuser.kernels import conv_mma
+
+    tile, cfg, xs, ws, attrs, res_mode = build
+    monkeypatch.setitem(conv_mma.MS_TILES, tuple(int(v) for v in tile.split("x")), cfg)
+    rng = np.random.default_rng(seed_of("msb", build[:3]))
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = (rng.standard_normal(ws) / np.sqrt(np.prod(ws[1:]))).astype(np.float32)
+    b = rng.standard_normal(ws[0]).astype(np.float32)
+    g = conv.geometry(xs, ws, **attrs)
+    res = rng.standard_normal(g.output_shape).astype(np.float32) if res_mode else None
+    got = conv.run(emu_be, x, w, b, res, "LeakyRelu", alpha=0.1, tactic=f"mma_tf32_ms_{tile}",
+                   residual_after=res_mode == 2, **attrs)
+    want = conv.reference(x, w, b, res, "LeakyRelu", alpha=0.1, residual_after=res_mode == 2, **attrs)
+    assert emu_be.launches[-1][2][0] == cfg[0] * cfg[1] * 32
+    err = np.linalg.norm(got.astype(np.float64) - want) / np.linalg.norm(want.astype(np.float64))
+    assert err <= 1e-3, f"rel-L2 {err:.3g}"
 
 
 @needs_cxx
