@@ -802,6 +802,8 @@ class MmaMsTactic(_GemmTactic):
         if np.dtype(dtype) != np.float32:
             raise ValueError(f"{MS_ALGO} runs float32 tensors, not {np.dtype(dtype).name}")
         self.bk = ms_bk(tile)      # k per stage: the channel walk needs Cg % bk == 0
+        # the build's block size, fixed now: bench_conv.py --ms-variants swaps MS_TILES only while building
+        self.nthreads = ms_threads(tile)
         super().__init__(backend, g, np.dtype(dtype), w, bias, tile, epi, splits)
         # the channel walk serves 1x1 convs as well (their k order is the same either way)
         self.walk = self.kmaj or (g.kh * g.kw == 1 and g.cg % self.bk == 0)
@@ -825,4 +827,4 @@ class MmaMsTactic(_GemmTactic):
         return entry_source(MS_ALGO, self.tile)
 
     def threads(self) -> int:
-        return ms_threads(self.tile)
+        return self.nthreads
