@@ -89,7 +89,7 @@ class PtrArgs:
 def probe(be) -> bool:
     src = A.COMMON + W.SOURCE + PROBE
     fn = be.function("attention_wgmma_probe", src, "fuser_wg_probe", arch="sm_90a")
-    A._allow_shared(be, fn, 4 * 8192)  # noqa: SLF001
+    be.allow_dynamic_shared(fn, 4 * 8192)
     rng = np.random.default_rng(0)
     q, k, v, pm = (rng.standard_normal((64, 64)).astype(np.float16) for _ in range(4))
     dev = [torch.from_numpy(x).cuda() for x in (q, k, v, pm)]

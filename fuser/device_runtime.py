@@ -191,6 +191,8 @@ def runs_on_device(node: onnx.NodeProto, ftype: FusedOpType, initializers: dict)
         w = initializers.get(node.input[1]) if len(node.input) > 1 else None
         if tactic == "library" or w is None or len(w.dims) not in (3, 4):
             return False
+        if ftype.residual and len(node.input) > 3 and node.input[3] in initializers:
+            return False  # a constant R: the runner binds only a computed residual; the island adds it right
     if ftype.base == "Attention" and (ftype.attention_variant() is None or len(ftype.attention_variant().terms) > 2):
         return False  # the kernels take up to two score terms
     # parameter inputs must be constants: runners upload them once

@@ -1466,28 +1466,6 @@ SIMT_KV_R64_BLOCKS_PER_SM = 3  # "small": fewer 64-row blocks than this per SM
 SIMT_KV_ROWS = ((128, 1.5), (64, 3.0))  # flash_simt_kv unpinned: (rows per block, from how many blocks per SM on)
 
 
-def _allow_shared(backend: DeviceBackend, fn, nbytes: int) -> None:
-    """Opt the kernel in to ``nbytes`` of dynamic shared memory (above the 48 KiB default), and ask for the
-    largest shared-memory carveout so that as many blocks fit on an SM as their registers allow (left to
-    itself the driver may pick a carveout that holds fewer)."""
-    if backend.name == "cuda":
-        drv = backend._drv  # noqa: SLF001 - the backend's own driver handle
-        attrs = drv.CUfunction_attribute
-        want = [(attrs.CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, 100)]
-        if nbytes > 48 * 1024:
-            want.append((attrs.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, int(nbytes)))
-        for attr, value in want:
-            res = drv.cuFuncSetAttribute(fn, attr, value)
-            if int(res[0]) != 0:
-                raise RuntimeError(f"cuFuncSetAttribute({attr}, {value}) failed: {res[0]!r}")
-        return
-    if backend.name != "hip" or nbytes <= 48 * 1024:  # (the CPU emulator has no limit)
-        return
-    from hip import hip  # never run here (no AMD GPU): the same opt-in through hipFuncSetAttribute
-
-    hip.hipFuncSetAttribute(fn, hip.hipFuncAttribute.hipFuncAttributeMaxDynamicSharedMemorySize, int(nbytes))
-
-
 class Runner:
     """Attention on device buffers, built once per node and shape.
 
@@ -1574,7 +1552,7 @@ class Runner:
                 self.fn = backend.function(f"{NAME}_tf32", _tf.source_for(COMMON), f"fuser_attn_{fam}_{sfx}")
             else:
                 self.fn = backend.function(f"{NAME}_{sfx}", src, f"fuser_attn_{fam}_{sfx}")
-            _allow_shared(backend, self.fn, self.plan["smem"])
+            backend.allow_dynamic_shared(self.fn, self.plan["smem"])
             self.grid = (ceil_div(sq, self.plan["rows"]), h, b)
             if self.grid[1] > 65535 or self.grid[2] > 65535:
                 raise ValueError(f"grid {self.grid} exceeds 65535 heads or batches")

@@ -116,6 +116,12 @@ class DeviceBackend(Backend, ABC):
     def launch(self, fn: Any, grid: tuple[int, int, int], block: tuple[int, int, int], args: KernelArgs,
                shared: int = 0, stream: int = 0) -> None: ...
 
+    def allow_dynamic_shared(self, fn: Any, nbytes: int) -> None:
+        """Let ``fn`` take ``nbytes`` of dynamic shared memory (past the 48 KiB default) and, where the vendor
+        has one, prefer the largest shared-memory carveout so that as many blocks fit on an SM as their
+        registers allow (left to itself the driver may pick a carveout that holds fewer). Default: nothing to
+        do (the CPU emulator has no limit)."""
+
     # -- memory (small helpers for runners' constants and host round trips) ------------------------
     @abstractmethod
     def malloc(self, nbytes: int) -> int: ...

@@ -77,6 +77,14 @@ class CudaBackend(DeviceBackend):
         if res[0] != self._ok:
             raise RuntimeError(f"cuLaunchKernel failed: {res[0]!r} (grid={grid}, block={block})")
 
+    def allow_dynamic_shared(self, fn: Any, nbytes: int) -> None:
+        attrs = self._drv.CUfunction_attribute
+        want = [(attrs.CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, 100)]
+        if nbytes > 48 * 1024:
+            want.append((attrs.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, int(nbytes)))
+        for attr, value in want:
+            _check(self._drv.cuFuncSetAttribute(fn, attr, value), f"cuFuncSetAttribute({attr}, {value})")
+
     def malloc(self, nbytes: int) -> int:
         return int(_check(self._drv.cuMemAlloc(max(1, int(nbytes))), "cuMemAlloc"))
 

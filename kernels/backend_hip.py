@@ -73,6 +73,11 @@ class HipBackend(DeviceBackend):
         if int(res[0]) != 0:
             raise RuntimeError(f"hipModuleLaunchKernel failed: {res[0]!r} (grid={grid}, block={block})")
 
+    def allow_dynamic_shared(self, fn: Any, nbytes: int) -> None:
+        if nbytes > 48 * 1024:  # never run here (no AMD GPU): the CUDA opt-in's counterpart
+            attr = self._hip.hipFuncAttribute.hipFuncAttributeMaxDynamicSharedMemorySize
+            self._hip.hipFuncSetAttribute(fn, attr, int(nbytes))
+
     def malloc(self, nbytes: int) -> int:
         return int(_check(self._hip.hipMalloc(max(1, int(nbytes))), "hipMalloc"))
 

@@ -775,22 +775,6 @@ def round_tf32(a: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(a), a, out)
 
 
-def _opt_in_shared(backend, fn, nbytes: int) -> None:
-    """Let ``fn`` take ``nbytes`` of dynamic shared memory (above the 48 KiB default) and prefer the largest
-    shared-memory carveout, so that as many blocks fit on an SM as their registers allow."""
-    if backend.name != "cuda" or nbytes == 0:
-        return
-    drv = backend._drv  # noqa: SLF001 - the backend's own driver handle
-    attrs = drv.CUfunction_attribute
-    want = [(attrs.CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, 100)]
-    if nbytes > 48 * 1024:
-        want.append((attrs.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, int(nbytes)))
-    for attr, value in want:
-        res = drv.cuFuncSetAttribute(fn, attr, value)
-        if int(res[0]) != 0:
-            raise RuntimeError(f"cuFuncSetAttribute({attr}, {value}) failed: {res[0]!r}")
-
-
 class MmaMsTactic(_GemmTactic):
     """``mma_tf32_ms``: the multistage cp.async TF32 kernel (fp32 tensors)."""
 
@@ -808,7 +792,8 @@ class MmaMsTactic(_GemmTactic):
         # the channel walk serves 1x1 convs as well (their k order is the same either way)
         self.walk = self.kmaj or (g.kh * g.kw == 1 and g.cg % self.bk == 0)
         self.smem = ms_smem_bytes(tile) if backend.name == "cuda" else 0   # elsewhere: static shared
-        _opt_in_shared(backend, self.fn, self.smem)
+        if self.smem:
+            backend.allow_dynamic_shared(self.fn, self.smem)
 
     def pack(self, w: np.ndarray):
         p = round_tf32(pack_weights_mk(w, self.g, self.kmaj, np.float32))

@@ -121,6 +121,10 @@ def test_runs_on_device_routing() -> None:
     node = next(n for n in res.model.graph.node if n.domain == "fuser")
     ft = parse_op_type(node.op_type)
     assert ft.residual and runs_on_device(node, ft, inits)   # R is a runtime input, not a constant
+    # a residual that is a constant (an Add of a weight the passes could not fold) is not a runtime input: the
+    # node stays in an island rather than run a kernel that would leave R out
+    const_r = numpy_helper.from_array(np.zeros((1, 6, 4, 4), np.float32), node.input[3])
+    assert not runs_on_device(node, ft, {**inits, node.input[3]: const_r})
     for a in node.attribute:
         if a.name == "tactic":
             a.s = b"library"
