@@ -296,7 +296,9 @@ _GEMM_THREADS = {"igemm": {(128, 128): 256, (64, 128): 256, (64, 64): 256, (32, 
                  "mma_tf32": {(128, 128): 256, (64, 64): 128}, "mma_f16": {(128, 128): 256, (64, 64): 128},
                  "mma_tf32_ms": {(128, 128): 256, (128, 64): 128, (64, 128): 128, (64, 64): 128, (64, 32): 128}}
 # Resident blocks per SM where registers/shared memory (ptxas, sm_90) say otherwise than 512 threads per SM.
-_GEMM_BPS = {"mma_tf32_ms": {(128, 128): 2, (128, 64): 3, (64, 128): 3, (64, 64): 5, (64, 32): 7}}
+# 64x64 / 64x32 build 32 k per stage (conv_mma.MS_TILES): ~52 KiB of shared memory, 4 blocks.
+_GEMM_BPS = {"mma_tf32_ms": {(128, 128): 2, (128, 64): 3, (64, 128): 3, (64, 64): 4, (64, 32): 4}}
+_MS_BK32 = ((64, 64), (64, 32))   # conv_mma.MS_TILES' k per stage (conv_mma imports this module)
 
 
 def tile_cost(algo: str, tile: tuple[int, int], g: ConvGeometry, num_sms: int = 132) -> float:
@@ -304,12 +306,14 @@ def tile_cost(algo: str, tile: tuple[int, int], g: ConvGeometry, num_sms: int = 
     tile efficiency, plus the split-K reduction. Only compared between tiles of one node."""
     bm, bn = tile
     blocks = ceil_div(g.npix, bn) * ceil_div(g.mg, bm) * g.group
-    ktiles = ceil_div(max(g.k, 1), _GEMM_BK[algo])
+    bk = 32 if algo == "mma_tf32_ms" and tile in _MS_BK32 else _GEMM_BK[algo]
+    ktiles = ceil_div(max(g.k, 1), bk)
     splits = split_k(blocks, ktiles, num_sms)
     kt_per = ceil_div(ktiles, splits)
     bps = _GEMM_BPS.get(algo, {}).get(tile) or max(1, 512 // _GEMM_THREADS[algo][tile])  # resident blocks/SM
     waves = ceil_div(blocks * ceil_div(ktiles, kt_per), num_sms * bps)
-    t = waves * bps * bm * bn * kt_per / _TILE_EFF[algo][tile]
+    # a block's work is its k *elements* (a 32-k stage does twice a 16-k stage's), not its stage count
+    t = waves * bps * bm * bn * kt_per * bk / _GEMM_BK[algo] / _TILE_EFF[algo][tile]
     if splits > 1:
         t += waves * bps * bm * bn * 2
     return t
