@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timing import time_graph
 
 from fuser.kernels import attention as A
 from fuser.kernels.backend import select_backend
@@ -44,34 +44,6 @@ WGMMA = ["flash_wgmma", "flash_wgmma_2n64q", "flash_wgmma_1n64q3", "flash_wgmma_
 
 def nsets_for(set_bytes: int, l2: int) -> int:
     return 1 if set_bytes >= L2_FACTOR * l2 else min(32, math.ceil(L2_FACTOR * l2 / set_bytes))
-
-
-def time_graph(call, nsets: int, inner_min: int = 20, reps: int = 25) -> dict:
-    inner = math.ceil(max(inner_min, nsets) / nsets) * nsets
-    s = torch.cuda.Stream()
-    with torch.cuda.stream(s):
-        for i in range(nsets):
-            call(i, s.cuda_stream)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g, stream=s):
-        st = torch.cuda.current_stream().cuda_stream
-        for j in range(inner):
-            call(j % nsets, st)
-    for _ in range(3):
-        g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
-        g.replay()
-        e1.record()
-        e1.synchronize()
-        times.append(e0.elapsed_time(e1) / inner)
-    del g
-    torch.cuda.synchronize()
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times), "inner": inner}
 
 
 def accuracy(out: torch.Tensor, ref64: torch.Tensor) -> tuple[float, float]:

@@ -28,11 +28,11 @@ import datetime
 import json
 import math
 import os
-import statistics
 import sys
 import time
 
 import numpy as np
+import timing
 import torch
 import torch.nn.functional as F
 
@@ -53,33 +53,9 @@ PROBLEMS = [  # name, N, Cin, H, W, Cout, K (seed report table 1)
 ALPHA = 0.1
 
 
-def time_graph(call, nsets: int, inner_min: int = 10, reps: int = 15, warmup: int = 2) -> float:
-    inner = max(inner_min, nsets)
-    inner = math.ceil(inner / nsets) * nsets
-    s = torch.cuda.Stream()
-    with torch.cuda.stream(s):
-        for i in range(nsets):
-            call(i, s.cuda_stream)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g, stream=s):
-        st = torch.cuda.current_stream().cuda_stream
-        for j in range(inner):
-            call(j % nsets, st)
-    for _ in range(warmup):
-        g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
-        g.replay()
-        e1.record()
-        e1.synchronize()
-        times.append(e0.elapsed_time(e1) / inner)
-    del g
-    torch.cuda.synchronize()
-    return statistics.median(times)
+def time_graph(call, nsets: int) -> float:
+    """Median ms per call (bench/timing.py), this benchmark's shorter loop."""
+    return timing.time_graph(call, nsets, inner_min=10, reps=15, warmup=2)["median_ms"]
 
 
 def acc(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:

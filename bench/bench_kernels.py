@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timing import time_graph
 
 from fuser.kernels import batchnorm, group_norm, leaky_relu
 from fuser.kernels.backend import select_backend
@@ -51,38 +52,6 @@ def nsets_for(set_bytes: int, l2: int) -> int:
     if set_bytes >= L2_ROTATE_FACTOR * l2:
         return 1
     return min(32, math.ceil(L2_ROTATE_FACTOR * l2 / set_bytes))
-
-
-def time_graph(call: Callable[[int, int], Any], nsets: int, inner_min: int = 20, reps: int = 25,
-               warmup: int = 3) -> dict[str, float]:
-    """ms per call of ``call(set_index, stream_handle)``, captured in a CUDA graph."""
-    inner = max(inner_min, nsets)
-    inner = math.ceil(inner / nsets) * nsets
-    s = torch.cuda.Stream()
-    with torch.cuda.stream(s):
-        for i in range(nsets):        # eager warm-up: module loads, cuDNN heuristics, allocator
-            call(i, s.cuda_stream)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g, stream=s):
-        st = torch.cuda.current_stream().cuda_stream
-        for j in range(inner):
-            call(j % nsets, st)
-    for _ in range(warmup):
-        g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
-        g.replay()
-        e1.record()
-        e1.synchronize()
-        times.append(e0.elapsed_time(e1) / inner)
-    del g
-    torch.cuda.synchronize()
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times),
-            "inner": inner, "nsets": nsets}
 
 
 def accuracy(out: torch.Tensor, ref64: torch.Tensor) -> tuple[float, float]:
