@@ -4,7 +4,8 @@
 #   tests-a   GPU tests: kernels, conv, runtime (CUDA-graph replay included)      -> gpu_tests_a.log
 #   tests-b   GPU tests: attention (every tactic), then bench_attention.py        -> gpu_tests_b.log, bench_attention.*
 #   cnn       bench/e2e_cnn.py, all models, batch 1 and 8, fp32 and TF32          -> e2e.log, e2e_cnn.json
-#   tr        bench/e2e_transformers.py, fp32 and TF32                           -> e2e_transformers.log/.json
+#   tr        bench/e2e_transformers.py, fp32 and TF32 [--cases …]               -> e2e_transformers.log/.json
+#   views     GPU tests: layout views (strided attention I/O) and the runtime     -> gpu_tests_views.log
 source "$(dirname "$0")/device_env.sh"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader | tee "$OUT/device.txt"
 cd /tmp
@@ -20,7 +21,11 @@ cnn)
     timeout 560 python3 "$REPO/bench/e2e_cnn.py" --out "$OUT" 2>&1 | grep -v "^\[W\|Warning\|warn(" \
         | tee "$OUT/e2e.log" | tail -16 ;;
 tr)
-    timeout 560 python3 "$REPO/bench/e2e_transformers.py" --out "$OUT" 2>&1 | grep -v "^\[W\|Warning\|warn(" \
+    shift
+    timeout 560 python3 "$REPO/bench/e2e_transformers.py" --out "$OUT" "$@" 2>&1 | grep -v "^\[W\|Warning\|warn(" \
         | tee "$OUT/e2e_transformers.log" | tail -9 ;;
-*) echo "usage: $0 tests-a|tests-b|cnn|tr"; exit 2 ;;
+views)
+    timeout 400 "${PYT[@]}" "$REPO/tests/gpu/test_layout_views_gpu.py" "$REPO/tests/gpu/test_runtime_gpu.py" 2>&1 \
+        | grep -v "^\[" | tee "$OUT/gpu_tests_views.log" | tail -8 ;;
+*) echo "usage: $0 tests-a|tests-b|cnn|tr [--cases …]|views"; exit 2 ;;
 esac

@@ -91,13 +91,13 @@ def _ort_graph_ms(ort, original: onnx.ModelProto, opts, ex, popts: dict, dev_fee
 
 def bench(original: onnx.ModelProto, fused: onnx.ModelProto, device: str = "auto", warmup: int = 10,
           iters: int = 50, feeds: dict[str, np.ndarray] | None = None, allow_tf32: bool = False,
-          seed: int = 0, cuda_graph: bool = True) -> BenchResult:
+          seed: int = 0, cuda_graph: bool = True, layout_views: bool = True) -> BenchResult:
     import onnxruntime as ort
 
     from .runtime import Session
 
     feeds = feeds if feeds is not None else make_inputs(original, seed)
-    sess = Session(fused, device=device, allow_tf32=allow_tf32, cuda_graph=cuda_graph)
+    sess = Session(fused, device=device, allow_tf32=allow_tf32, cuda_graph=cuda_graph, layout_views=layout_views)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if sess.backend.is_device:

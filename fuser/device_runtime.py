@@ -39,6 +39,7 @@ import onnx
 from onnx import numpy_helper
 
 from .fused import FusedOpType
+from .layout_views import resolve_input, resolve_output
 
 # ORT's element type strings → numpy
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -107,9 +108,10 @@ def _conv_runner(backend, shape, dtype, attrs: dict, consts: list[np.ndarray | N
 
 
 def _attention_runner(backend, shape, dtype, attrs: dict, consts: list[np.ndarray | None], shapes=None,
-                      ftype: FusedOpType | None = None) -> Callable:
+                      ftype: FusedOpType | None = None, strides: dict | None = None) -> Callable:
     """FusedAttention<Variant>: inputs Q, K, V, then per term bias | mask, fill | winbias [, scale]; Q, K, V and
-    the term tensors may be runtime values (their shapes come in ``shapes``), fills are constants."""
+    the term tensors may be runtime values (their shapes come in ``shapes``), fills are constants. ``strides``:
+    the layout views' (batch, head, row) strides of q/k/v/o (:mod:`fuser.layout_views`)."""
     from .kernels import attention
 
     v = ftype.attention_variant()
@@ -122,7 +124,8 @@ def _attention_runner(backend, shape, dtype, attrs: dict, consts: list[np.ndarra
         term_consts.append(consts[i])
         i += 2 if kind == "mask" else 1
     return attention.Runner(backend, shapes[0], shapes[1], shapes[2], dtype, float(attrs["scale"]),
-                            bool(v.causal), specs, v.nan_zero, attrs.get("tactic", "auto"), term_consts)
+                            bool(v.causal), specs, v.nan_zero, attrs.get("tactic", "auto"), term_consts,
+                            strides=strides)
 
 
 # inputs that decide an op's output shape by their values (index, or None: every input from that index on)
@@ -394,12 +397,24 @@ class DeviceExecutor:
             raise TypeError(f"{step.node.name}: kernels take float32/float16, got {x.data_type()}")
         key = (step.node.name, shape, np.dtype(dtype).str)
         extra = {}
+        offsets: dict[int, int] = {}
+        out_shape = None
         if step.ftype.base in SHAPED_BUILDERS:  # the launch depends on every input's shape
             ins = [values.get(n) if n else None for n in step.node.input]
-            extra["shapes"] = _Shapes([tuple(v.shape()) if v is not None else None for v in ins],
-                                      [_ORT_TYPES.get(v.data_type()) if v is not None else None for v in ins])
+            shapes = [tuple(v.shape()) if v is not None else None for v in ins]
+            if step.views is not None:  # layout views: logical [B, H, S, D] shapes, strides into the sources
+                strides = {}
+                for i, view in step.views.inputs.items():
+                    shapes[i], strides["qkv"[i]] = resolve_input(view, shapes[i])
+                    offsets[i] = view.offset * np.dtype(dtype).itemsize
+                if step.views.output is not None:
+                    b, h, sq, _ = shapes[0]
+                    o_shape = (b, h, sq, shapes[2][3])
+                    out_shape, strides["o"] = resolve_output(step.views.output, o_shape)
+                extra["strides"] = strides
+            extra["shapes"] = _Shapes(shapes, [_ORT_TYPES.get(v.data_type()) if v is not None else None for v in ins])
             extra["ftype"] = step.ftype
-            key += tuple(extra["shapes"])
+            key += tuple(extra["shapes"]) + tuple(sorted(extra.get("strides", {}).items()))
         runner = self._runners.get(key)
         inits = self.session.initializers
         if runner is None:
@@ -409,9 +424,11 @@ class DeviceExecutor:
         out = self._buffers.get(key)
         if out is None:  # outputs are reused run to run: the caller gets copies (numpy) or syncs first
             out = self._buffers[key] = self.ort.OrtValue.ortvalue_from_shape_and_type(
-                list(getattr(runner, "output_shape", shape)), dtype, self.ort_device, 0)
-        # X, then the runtime inputs in order (a FusedConvAdd's residual)
-        ptrs = [x.data_ptr()] + [values[n].data_ptr() for n in step.node.input[1:] if n and n not in inits]
+                list(out_shape or getattr(runner, "output_shape", shape)), dtype, self.ort_device, 0)
+        # X, then the runtime inputs in order (a FusedConvAdd's residual); a view reads at its column offset
+        ptrs = [x.data_ptr() + offsets.get(0, 0)] + [values[n].data_ptr() + offsets.get(i, 0)
+                                                     for i, n in enumerate(step.node.input) if i >= 1 and n
+                                                     and n not in inits]
         runner(ptrs, out.data_ptr(), self.stream)
         values[step.node.output[0]] = out
 

@@ -23,6 +23,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .fused import DOMAIN, FusedOpType, parse_op_type
+from .layout_views import NodeViews, numpy_input, numpy_output, plan_views, value_dims
 
 
 @dataclass
@@ -36,9 +37,10 @@ class NodeArgInfo:
 
 @dataclass
 class KernelStep:
-    node: onnx.NodeProto
+    node: onnx.NodeProto  # with layout views: inputs are the views' sources, the output the view's value
     ftype: FusedOpType
     attrs: dict
+    views: NodeViews | None = None  # attention: inputs read / output written through strides (layout_views)
 
 
 @dataclass
@@ -157,10 +159,12 @@ class Session:
     """Run a (fused) ONNX model; the API mirrors ``onnxruntime.InferenceSession``."""
 
     def __init__(self, model: str | os.PathLike | onnx.ModelProto, device: str = "auto", allow_tf32: bool = False,
-                 cuda_graph: bool = True) -> None:
+                 cuda_graph: bool = True, layout_views: bool = True) -> None:
         """``allow_tf32``: the onnxruntime islands may use TF32 (CUDA EP ``use_tf32``; our kernels follow their
         tactics). ``cuda_graph``: on NVIDIA, replay the whole plan as one CUDA graph after the first run of
-        each input signature (see :mod:`fuser.device_runtime`; ``graph_status`` says whether it is on)."""
+        each input signature (see :mod:`fuser.device_runtime`; ``graph_status`` says whether it is on).
+        ``layout_views``: attention kernel steps read Q/K/V and write O through strides, and the head-split
+        Reshape/Transpose (and Split) nodes around them do not run (:mod:`fuser.layout_views`)."""
         self.base_dir: str | None = None  # where external data (of > 2 GiB models) resolves
         if isinstance(model, (str, os.PathLike)):
             from .io import load_model
@@ -189,7 +193,11 @@ class Session:
         self.input_names = [i.name for i in g.input if i.name not in self.initializers]
         self.output_names = [o.name for o in g.output]
         self.steps: list[KernelStep | IslandStep] = []
-        groups = schedule(list(g.node), self._is_kernel)
+        nodes, self.views = list(g.node), {}
+        if layout_views:
+            nodes, self.views = _apply_views(nodes, self.initializers, set(self.output_names), self._is_attention,
+                                             value_dims(model))
+        groups = schedule(nodes, self._is_kernel)
         needed_later: list[set[str]] = [set() for _ in groups]
         acc = set(self.output_names)
         for k in range(len(groups) - 1, -1, -1):
@@ -200,7 +208,7 @@ class Session:
             if len(nodes) == 1 and self._is_kernel(nodes[0]):
                 n = nodes[0]
                 ft = parse_op_type(n.op_type)
-                self.steps.append(KernelStep(n, ft, _step_attrs(n, ft)))
+                self.steps.append(KernelStep(n, ft, _step_attrs(n, ft), self.views.get(n.name)))
                 continue
             produced = {o for n in nodes for o in n.output if o}
             ins: list[str] = []
@@ -228,6 +236,9 @@ class Session:
         from .device_runtime import runs_on_device
 
         return runs_on_device(n, ftype, self.initializers)
+
+    def _is_attention(self, n: onnx.NodeProto) -> bool:
+        return self._is_kernel(n) and parse_op_type(n.op_type).base == "Attention"
 
     @property
     def graph_status(self) -> str:
@@ -257,7 +268,11 @@ class Session:
         for step in self.steps:
             if isinstance(step, KernelStep):
                 args = [self._value(values, x) if x else None for x in step.node.input]
-                values[step.node.output[0]] = run_kernel_reference(step, args)
+                views = step.views
+                for i, view in (views.inputs.items() if views else ()):
+                    args[i] = numpy_input(view, args[i])
+                y = run_kernel_reference(step, args)
+                values[step.node.output[0]] = numpy_output(views.output, y) if views and views.output else y
             else:
                 self._run_island(step, values)
         return [values[n] for n in (output_names or self.output_names)]
@@ -322,6 +337,36 @@ class Session:
             finally:
                 os.unlink(island_path)
         return ort.InferenceSession(sub.SerializeToString(), opts, providers=providers)
+
+
+def _apply_views(nodes: list[onnx.NodeProto], inits: dict, outputs: set[str], is_attention,
+                 dims: dict) -> tuple[list[onnx.NodeProto], dict[str, NodeViews]]:
+    """The plan's nodes with layout views applied: the absorbed layout nodes left out (and the standard nodes that
+    only fed them), each viewed attention node replaced by a copy that reads the views' sources and writes the
+    output view's value."""
+    views, removed = plan_views(nodes, inits, outputs, is_attention, dims)
+    out = []
+    for n in nodes:
+        if n.name in removed:
+            continue
+        v = views.get(n.name)
+        if v is not None:
+            c = onnx.NodeProto()
+            c.CopyFrom(n)
+            for i, view in v.inputs.items():
+                c.input[i] = view.source
+            if v.output is not None:
+                c.output[0] = v.output.value
+            n = c
+        out.append(n)
+    while removed:  # what only computed the absorbed nodes' inputs (a dynamic Reshape target) is dead now
+        used = outputs | {x for n in out for x in node_inputs(n)}
+        dead = {id(n) for n in out if n.domain in ("", "ai.onnx") and n.output
+                and not any(o in used for o in n.output if o)}
+        if not dead:
+            break
+        out = [n for n in out if id(n) not in dead]
+    return out, views
 
 
 def _has_external_file(path: Path) -> bool:

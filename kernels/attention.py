@@ -1474,12 +1474,19 @@ class Runner:
     ``terms`` a list of :class:`TermSpec` in the order they apply; ``consts`` optionally gives a term's values
     (uploaded once; that term then takes no pointer at call time). ``runner(ptrs, out_ptr, stream=0)`` with
     ``ptrs`` = [q, k, v, then the non-constant terms' pointers in order] launches asynchronously.
-    ``output_shape`` is [B, H, Sq, Dv]."""
+    ``output_shape`` is [B, H, Sq, Dv].
+
+    ``strides`` (optional): ``{"q" | "k" | "v" | "o": (batch, head, row)}`` element strides of a tensor that is not
+    contiguous in that layout — the runtime reads Q/K/V straight out of a [B, S, H·D] projection (or a packed
+    [B, S, ΣN] one) and writes O as [B, S, H·Dv], instead of running the Transposes around the node. Elements
+    inside a row stay contiguous, and every stride must keep rows 16-byte aligned (what the vector and async loads
+    need); a tensor's batch stride 0 still means one batch shared by all (K/V of batch 1)."""
 
     def __init__(self, backend: DeviceBackend, q_shape: Sequence[int], k_shape: Sequence[int],
                  v_shape: Sequence[int], dtype, scale: float | None = None, causal: bool = False,
                  terms: Sequence[TermSpec] = (), nan_zero: bool = False, tactic: str = "auto",
-                 consts: Sequence[np.ndarray | None] | None = None, aligned: bool = True) -> None:
+                 consts: Sequence[np.ndarray | None] | None = None, aligned: bool = True,
+                 strides: dict[str, tuple[int, int, int]] | None = None) -> None:
         if not backend.is_device:
             raise TypeError("Runner needs a device backend; use reference() for the cpu backend")
         if len(terms) > MAX_TERMS:
@@ -1507,6 +1514,15 @@ class Runner:
         p.k_sb, p.k_sh, p.k_ss = (hkv * skv * d if bk > 1 else 0), skv * d, d
         p.v_sb, p.v_sh, p.v_ss = (hkv * skv * dv if bv > 1 else 0), skv * dv, dv
         p.o_sb, p.o_sh, p.o_ss = h * sq * dv, sq * dv, dv
+        self.strides = dict(strides or {})
+        for name, st in self.strides.items():
+            if name not in ("q", "k", "v", "o") or len(st) != 3:
+                raise ValueError(f"strides: {name!r} must be one of q, k, v, o with (batch, head, row) strides")
+            if any(int(x) % (16 // self.item) for x in st):
+                raise ValueError(f"strides of {name}: {tuple(st)} elements leave rows not 16-byte aligned")
+            setattr(p, f"{name}_sb", int(st[0]) if name in "qo" or getattr(p, f"{name}_sb") else 0)
+            setattr(p, f"{name}_sh", int(st[1]))
+            setattr(p, f"{name}_ss", int(st[2]))
         p.scale = float(1.0 / np.sqrt(d) if scale is None else scale)
         p.causal, p.nan_zero, p.nterms = int(bool(causal)), int(bool(nan_zero)), len(terms)
         self._specs, self._consts = list(terms), list(consts or [None] * len(terms))
@@ -1566,7 +1582,8 @@ class Runner:
             p = self.args.params
             self._fallback = Runner(self.backend, (p.B, p.H, p.Sq, p.D), (1 if p.k_sb == 0 else p.B, p.Hkv, p.Skv, p.D),
                                     (1 if p.v_sb == 0 else p.B, p.Hkv, p.Skv, p.Dv), self.dtype, p.scale,
-                                    bool(p.causal), self._specs, bool(p.nan_zero), "flash_simt", self._consts)
+                                    bool(p.causal), self._specs, bool(p.nan_zero), "flash_simt", self._consts,
+                                    strides=self.strides)
         return self._fallback
 
     def __call__(self, inputs: Sequence[int], output: int, stream: int = 0) -> None:

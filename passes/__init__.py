@@ -8,11 +8,21 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import attention, conv_activation, conv_shortcut, fold_affine, fold_bn, group_norm, leaky_relu, standalone_bn
+from . import (
+    attention,
+    conv_activation,
+    conv_shortcut,
+    fold_affine,
+    fold_bn,
+    group_norm,
+    leaky_relu,
+    pack_qkv,
+    standalone_bn,
+)
 
 # normalize is the pipeline's first step (fuser.normalize) and cleanup its last; both listed for --skip.
-PASS_ORDER: tuple[ModuleType, ...] = (attention, group_norm, fold_bn, fold_affine, conv_activation, conv_shortcut,
-                                      standalone_bn, leaky_relu)
+PASS_ORDER: tuple[ModuleType, ...] = (attention, pack_qkv, group_norm, fold_bn, fold_affine, conv_activation,
+                                      conv_shortcut, standalone_bn, leaky_relu)
 
 
 def pass_names() -> list[str]:

@@ -1,0 +1,286 @@
+"""Attention layout views: the runtime reads Q/K/V through strides instead of running the Transposes around a fused
+attention node (DESIGN §6: a runtime choice; the fused model itself is unchanged).
+
+Every exporter splits heads and merges them back with layout ops that only move data::
+
+    P [B, S, ΣN] ─► Split(axis -1, sizes N_i)? ─► [B, S, H·D] ─► Reshape [B, S, H, D] ─► Transpose(0, 2, 1, 3)
+        ─► Q | K | V [B, H, S, D] ─► FusedAttention ─► O [B, H, S, Dv] ─► Transpose(0, 2, 1, 3) ─► [B, S, H, Dv]
+        ─► Reshape [B, S, H·Dv] ─► Y
+
+In onnxruntime each Transpose is a copy (and a Split another). Our attention kernels address Q, K, V and O through
+(batch, head, row) strides, so the node can read Q straight out of P (offset Σ_{j<i} N_j, strides S·ΣN, D, ΣN) and
+write Y directly (strides S·H·Dv, Dv, H·Dv): those nodes then do not run at all.
+
+:func:`plan_views` finds these chains. An input chain is absorbed when:
+
+- the Transpose has ``perm = [0, 2, 1, 3]`` and its output feeds only this node's Q, K or V input (not a graph
+  output); the Reshape's output feeds only that Transpose;
+- the Reshape's target is a constant of four entries ``[b, s, H, D]`` with D > 0 a multiple of 8, H a size or -1,
+  and b, s each 0 (copy), -1 (infer) or a size (the result is checked at run time against the source's shape),
+  ``allowzero`` off — or, for a dynamic batch, ``Concat(·, ·, H, D)`` with H and D constants where shape inference
+  (the model's value_info) proved the Reshape keeps its input's first two dims;
+- its source is any value (read with row stride H·D), or one output of a ``Split`` along the last axis with
+  constant sizes, every size a multiple of 8 (read at that output's column offset with row stride ΣN). The Split
+  itself is dropped when every one of its outputs was absorbed, else it keeps running and the view reads its output.
+
+Multiples of 8 elements keep every row 16-byte aligned, as the vector and asynchronous loads need. The output chain
+is absorbed when O feeds only a Transpose ``[0, 2, 1, 3]`` whose output feeds only a Reshape with a constant target of
+three entries ``[b, s, n]`` (n = -1 or H·Dv, checked at run time; or ``Concat(·, ·, n)`` as above), none of them
+graph outputs (a computed target's first two dims are proved against Q's source, so Q needs a view then). Nodes
+left without a use once these go (the Shape/Gather/Concat that computed a target) go too.
+
+At run time (:func:`resolve`) the source's shape must be ``[B, S, row]``: a model whose Reshape would not be this
+plain head split (sizes that disagree) raises an error rather than compute something else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+HEAD_SPLIT = [0, 2, 1, 3]
+ALIGN = 8  # elements: 16 bytes of fp16, 32 of fp32
+
+
+@dataclass(frozen=True)
+class InputView:
+    """Q, K or V [B, H, S, D] read out of ``source`` [B, S, row] at column ``offset``."""
+
+    source: str
+    offset: int               # elements from the start of each row of the source
+    width: int | None         # the split output's size (None: the whole row)
+    target: tuple[int, ...]   # the Reshape's constant target [b, s, H, D]
+    nodes: tuple[str, ...]    # the nodes this view replaces (Transpose, Reshape[, Split])
+    split_output: str | None = None  # the Split output this view stands for (when it reads through a Split)
+
+
+@dataclass(frozen=True)
+class OutputView:
+    """O written as ``value`` [B, S, H·Dv] (the Reshape's output)."""
+
+    value: str
+    target: tuple[int, ...]   # the Reshape's constant target [b, s, n]
+    nodes: tuple[str, ...]    # Transpose, Reshape
+
+
+@dataclass
+class NodeViews:
+    inputs: dict[int, InputView]
+    output: OutputView | None
+
+
+def _attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def _const_ints(name: str, inits: dict[str, onnx.TensorProto]) -> list[int] | None:
+    t = inits.get(name)
+    if t is None:
+        return None
+    arr = numpy_helper.to_array(t)
+    return [int(x) for x in arr.reshape(-1)] if arr.dtype.kind in "iu" else None
+
+
+def _split_sizes(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> list[int] | None:
+    """A Split's constant sizes (attribute before opset 13, input after); None when they come at run time."""
+    if len(node.input) > 1 and node.input[1]:
+        return _const_ints(node.input[1], inits)
+    sizes = _attr(node, "split")
+    return [int(x) for x in sizes] if sizes else None
+
+
+def value_dims(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:
+    """Every value's inferred dims (int, symbol, or None) from the model's value_info, inputs and outputs."""
+    out: dict[str, list[int | str | None]] = {}
+    for v in [*model.graph.value_info, *model.graph.input, *model.graph.output]:
+        t = v.type.tensor_type
+        if t.HasField("shape"):
+            out[v.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+    return out
+
+
+def _same_leading_dims(a: str, b: str, dims: dict, n: int = 2) -> bool:
+    """Shape inference proved the first ``n`` dims of values a and b equal (same size, or the same symbol)."""
+    da, db = dims.get(a), dims.get(b)
+    return (da is not None and db is not None and len(da) >= n and len(db) >= n
+            and all(x is not None and x == y for x, y in zip(da[:n], db[:n], strict=False)))
+
+
+def _target(rs: onnx.NodeProto, producer: dict, inits: dict, dims: dict, tail: int,
+            lead_ref: str | None = None) -> list[int] | None:
+    """A Reshape's target: its constant, or — for a target computed as Concat(…, …, c_1 … c_tail) the way exporters
+    build it for a dynamic batch — ``[0, 0, c_1 … c_tail]`` where shape inference proved that the Reshape's output
+    starts with the same two dims as ``lead_ref`` (default: the Reshape's input)."""
+    if len(rs.input) < 2 or _attr(rs, "allowzero", 0):
+        return None
+    const = _const_ints(rs.input[1], inits)
+    if const is not None:
+        return const
+    cat = producer.get(rs.input[1])
+    if cat is None or cat.op_type != "Concat" or len(cat.input) != 2 + tail:
+        return None
+    parts = [_const_ints(x, inits) for x in cat.input[2:]]
+    if any(p is None or len(p) != 1 for p in parts) or not _same_leading_dims(lead_ref or rs.input[0], rs.output[0],
+                                                                             dims):
+        return None
+    return [0, 0, *(p[0] for p in parts)]
+
+
+def plan_views(nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto], graph_outputs: set[str],
+               is_attention, dims: dict | None = None) -> tuple[dict[str, NodeViews], set[str]]:
+    """Views per attention node (by name) and the names of the nodes they make unnecessary. ``is_attention(node)``:
+    the node is a fused attention node that runs as a kernel step; ``dims``: :func:`value_dims` of the model."""
+    dims = dims or {}
+    names = [n.name for n in nodes]
+    if not all(names) or len(set(names)) != len(names):
+        return {}, set()  # views are keyed by node name: only a model with unique names (every fused model) gets them
+    producer = {o: n for n in nodes for o in n.output if o}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in nodes:
+        for x in n.input:
+            if x:
+                consumers.setdefault(x, []).append(n)
+
+    def only_use(value: str, user: onnx.NodeProto) -> bool:
+        us = consumers.get(value, [])
+        return value not in graph_outputs and len(us) == 1 and us[0] is user
+
+    out: dict[str, NodeViews] = {}
+    split_reads: dict[str, list[str]] = {}  # Split node → its outputs that views read through it
+    for node in nodes:
+        if not is_attention(node):
+            continue
+        views = NodeViews({}, None)
+        for i in range(3):
+            v = _input_view(node, i, producer, inits, only_use, dims)
+            if v is not None:
+                views.inputs[i] = v
+                if v.split_output is not None:
+                    split_reads.setdefault(v.nodes[2], []).append(v.split_output)
+        q = views.inputs.get(0)
+        q_ref = (q.split_output or q.source) if q is not None else None  # holds [B, Sq, ·] at run time
+        views.output = _output_view(node, consumers, producer, inits, only_use, dims, q_ref)
+        if views.inputs or views.output:
+            out[node.name] = views
+    # a Split goes only when every output of it is read through a view; else it runs, and the views read its outputs
+    splits = {n.name: n for n in nodes if n.name in split_reads}
+    for name, reads in split_reads.items():
+        if sorted(reads) == sorted(o for o in splits[name].output if o):
+            continue
+        for views in out.values():
+            for i, v in list(views.inputs.items()):
+                if v.split_output is not None and v.nodes[2] == name:
+                    views.inputs[i] = InputView(v.split_output, 0, None, v.target, v.nodes[:2])
+    removed = {name for views in out.values() for v in views.inputs.values() for name in v.nodes}
+    removed |= {name for views in out.values() if views.output for name in views.output.nodes}
+    return out, removed
+
+
+def _input_view(node, i, producer, inits, only_use, dims) -> InputView | None:
+    if i >= len(node.input) or not node.input[i]:
+        return None
+    x = node.input[i]
+    tr = producer.get(x)
+    if tr is None or tr.op_type != "Transpose" or tr.domain not in ("", "ai.onnx"):
+        return None
+    if list(_attr(tr, "perm", [])) != HEAD_SPLIT or not only_use(x, node) or sum(j == x for j in node.input) != 1:
+        return None
+    rs = producer.get(tr.input[0])
+    if rs is None or rs.op_type != "Reshape" or rs.domain not in ("", "ai.onnx") or not only_use(tr.input[0], tr):
+        return None
+    target = _target(rs, producer, inits, dims, 2)
+    if target is None or len(target) != 4:
+        return None
+    if target[2] in (0,) or target[2] < -1 or target[3] <= 0 or target[3] % ALIGN or any(t < -1 for t in target[:2]):
+        return None
+    src = rs.input[0]
+    sp = producer.get(src)
+    if sp is not None and sp.op_type == "Split" and sp.domain in ("", "ai.onnx") and only_use(src, rs):
+        sizes = _split_sizes(sp, inits)
+        if sizes and _attr(sp, "axis", 0) in (-1, 2) and len(sizes) == len(sp.output) \
+                and all(s > 0 and s % ALIGN == 0 for s in sizes):
+            k = list(sp.output).index(src)
+            return InputView(sp.input[0], sum(sizes[:k]), sizes[k], tuple(target), (tr.name, rs.name, sp.name),
+                             src)
+    return InputView(src, 0, None, tuple(target), (tr.name, rs.name))
+
+
+def _output_view(node, consumers, producer, inits, only_use, dims, q_ref) -> OutputView | None:
+    o = node.output[0]
+    us = consumers.get(o, [])
+    if len(us) != 1 or not only_use(o, us[0]):
+        return None
+    tr = us[0]
+    if tr.op_type != "Transpose" or tr.domain not in ("", "ai.onnx") or list(_attr(tr, "perm", [])) != HEAD_SPLIT:
+        return None
+    us = consumers.get(tr.output[0], [])
+    if len(us) != 1 or not only_use(tr.output[0], us[0]):
+        return None
+    rs = us[0]
+    if rs.op_type != "Reshape" or rs.domain not in ("", "ai.onnx") or rs.input[0] != tr.output[0]:
+        return None
+    # a computed target: [B, Sq] proved by shape inference against Q's source (the value the input view of Q reads;
+    # [B, Sq, H, Dv] itself seldom keeps its symbols through the fused node's shape inference)
+    target = _target(rs, producer, inits, dims, 1, q_ref) if q_ref or _const_ints(rs.input[1], inits) else None
+    if target is None or len(target) != 3 or any(t < -1 for t in target):
+        return None
+    return OutputView(rs.output[0], tuple(target), (tr.name, rs.name))
+
+
+# -- run time ---------------------------------------------------------------------------------------------------
+
+
+def _resolve_reshape(src_shape: tuple[int, ...], target: tuple[int, ...]) -> tuple[int, ...] | None:
+    """ONNX Reshape's output shape (allowzero off), or None where the target does not fit."""
+    dims = [src_shape[j] if t == 0 and j < len(src_shape) else t for j, t in enumerate(target)]
+    total = int(np.prod(src_shape, dtype=np.int64))
+    if dims.count(-1) > 1:
+        return None
+    if -1 in dims:
+        known = int(np.prod([d for d in dims if d != -1], dtype=np.int64))
+        if known == 0 or total % known:
+            return None
+        dims[dims.index(-1)] = total // known
+    return tuple(dims) if int(np.prod(dims, dtype=np.int64)) == total else None
+
+
+def resolve_input(view: InputView, source_shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, int, int]]:
+    """The logical [B, H, S, D] shape and (batch, head, row) element strides of a view on a source of this shape."""
+    if len(source_shape) != 3:
+        raise RuntimeError(f"layout view: {view.source!r} has shape {list(source_shape)}, expected [B, S, row]")
+    b, s, row = source_shape
+    width = view.width if view.width is not None else row
+    got = _resolve_reshape((b, s, width), view.target)
+    if got is None or got[:2] != (b, s) or view.offset + width > row:
+        raise RuntimeError(f"layout view: Reshape to {list(view.target)} of [{b}, {s}, {width}] is not a head split "
+                           "[B, S, H, D]")
+    h, d = got[2], got[3]
+    return (b, h, s, d), (s * row, d, row)
+
+
+def resolve_output(view: OutputView, o_shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, int, int]]:
+    """The written value's [B, S, H·Dv] shape and O's (batch, head, row) strides in it, for O of shape [B, H, S, Dv]."""
+    b, h, s, dv = o_shape
+    got = _resolve_reshape((b, s, h, dv), view.target)
+    if got != (b, s, h * dv):
+        raise RuntimeError(f"layout view: Reshape to {list(view.target)} of [{b}, {s}, {h}, {dv}] does not merge "
+                           "the heads")
+    return got, (s * h * dv, dv, h * dv)
+
+
+def numpy_input(view: InputView, source: np.ndarray) -> np.ndarray:
+    """The CPU runtime's version of a view: the [B, H, S, D] array it stands for."""
+    (b, h, s, d), _ = resolve_input(view, tuple(source.shape))
+    width = view.width if view.width is not None else source.shape[2]
+    return source[:, :, view.offset:view.offset + width].reshape(b, s, h, d).transpose(0, 2, 1, 3)
+
+
+def numpy_output(view: OutputView, o: np.ndarray) -> np.ndarray:
+    shape, _ = resolve_output(view, tuple(o.shape))
+    return np.ascontiguousarray(o.transpose(0, 2, 1, 3)).reshape(shape)
