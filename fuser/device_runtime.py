@@ -298,7 +298,13 @@ class DeviceExecutor:
                 return self._run_steps(feeds)
             g = self._capture(feeds, sig)
             if g is None:
-                return self._run_steps(feeds)
+                try:
+                    return self._run_steps(feeds)
+                except RuntimeError:
+                    # right after a capture that onnxruntime broke, its next run can still fail the same way
+                    # (measured: a Conv island's host-to-device copy, H200, onnxruntime 1.31); fresh sessions, once
+                    self._drop_island_sessions()
+                    return self._run_steps(feeds)
         self._launch_graph(g, feeds)
         return g.outputs
 
@@ -331,6 +337,16 @@ class DeviceExecutor:
         self.graph_status = f"off: {why}"
         self._release_graph()
 
+    def _drop_island_sessions(self) -> None:
+        """Forget every island's onnxruntime session: one whose run failed inside a capture keeps failing after it
+        (measured: a Conv island's host-to-device copy, H200, onnxruntime 1.31), so eager runs build fresh ones."""
+        from .runtime import IslandStep
+
+        for step in self.session.steps:
+            if isinstance(step, IslandStep):
+                for key in [k for k in step.sessions if k and k[0] == "device"]:
+                    del step.sessions[key]
+
     def _release_graph(self) -> None:
         from cuda.bindings import driver
 
@@ -361,7 +377,9 @@ class DeviceExecutor:
         except Exception as e:  # noqa: BLE001 - anything the plan did that a capture does not allow
             driver.cuStreamEndCapture(self._stream_obj)
             self.synchronize()
+            driver.cuCtxSynchronize()
             self._graph_off(f"a step could not be captured ({type(e).__name__}: {str(e).splitlines()[0][:160]})")
+            self._drop_island_sessions()
             return None
         values = self._last_values
         err, graph = driver.cuStreamEndCapture(self._stream_obj)
