@@ -10,6 +10,7 @@ from types import ModuleType
 
 from . import (
     attention,
+    attention_terms,
     conv_activation,
     conv_shortcut,
     fold_affine,
@@ -21,8 +22,8 @@ from . import (
 )
 
 # normalize is the pipeline's first step (fuser.normalize) and cleanup its last; both listed for --skip.
-PASS_ORDER: tuple[ModuleType, ...] = (attention, pack_qkv, group_norm, fold_bn, fold_affine, conv_activation,
-                                      conv_shortcut, standalone_bn, leaky_relu)
+PASS_ORDER: tuple[ModuleType, ...] = (attention, pack_qkv, attention_terms, group_norm, fold_bn, fold_affine,
+                                      conv_activation, conv_shortcut, standalone_bn, leaky_relu)
 
 
 def pass_names() -> list[str]:
