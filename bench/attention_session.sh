@@ -4,15 +4,21 @@
 # benchmark. Logs in $OUT (gpu_tests.log, bench.log, bench_attention.json, device.txt); the table prints last.
 # Usage (device tool, from the repo root, carry [".whl"]): bash bench/attention_session.sh [--quick] [--no-tests]
 # [--ncu | --ncu-fp32] (ncu on bench/profile_attention.py's kernels, after the benchmark; --ncu-fp32: its fp32 set)
+# [--tests-k EXPR] (pytest -k: a subset of the GPU tests) [--cases REGEX] (bench_attention.py --cases)
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
-QUICK=""; TESTS=1; NCU=0; NCU_SET=""
-for a in "$@"; do
-    case "$a" in --quick) QUICK="--quick" ;; --no-tests) TESTS=0 ;; --ncu) NCU=1 ;; --ncu-fp32) NCU=1; NCU_SET=fp32 ;; esac
+QUICK=""; TESTS=1; NCU=0; NCU_SET=""; TESTS_K=(); CASES=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) QUICK="--quick" ;; --no-tests) TESTS=0 ;; --ncu) NCU=1 ;; --ncu-fp32) NCU=1; NCU_SET=fp32 ;;
+        --tests-k) TESTS_K=(-k "$2"); shift ;; --cases) CASES=(--cases "$2"); shift ;;
+    esac
+    shift
 done
 cd "$REPO"
+rm -rf /tmp/proj
 python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/proj . 2>&1 | tail -2
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>&1 | tail -2
 export PYTHONPATH=/tmp/proj:/tmp/site ONNX_FUSE_CACHE_DIR=/tmp/onnx-fuse-cache
@@ -37,11 +43,11 @@ echo "compile wall: $(( $(date +%s) - t0 )) s"
 rc=0
 if [ "$TESTS" = 1 ]; then
     timeout 240 python3 -m pytest -q -p no:cacheprovider --import-mode=importlib --rootdir="$REPO" \
-        -c "$REPO/pyproject.toml" -m gpu "$REPO/tests/gpu/test_attention_gpu.py" 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
+        -c "$REPO/pyproject.toml" -m gpu "${TESTS_K[@]}" "$REPO/tests/gpu/test_attention_gpu.py" 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
     rc=${PIPESTATUS[0]}
     echo "gpu tests exit code: $rc"
 fi
-timeout 300 python3 "$REPO/bench/bench_attention.py" --out "$OUT" $QUICK 2>&1 | tee "$OUT/bench.log" | grep -v "^$" | tail -70
+timeout 300 python3 "$REPO/bench/bench_attention.py" --out "$OUT" $QUICK "${CASES[@]}" 2>&1 | tee "$OUT/bench.log" | grep -v "^$" | tail -70
 if [ "$NCU" = 1 ]; then
     NCU_BIN=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
     timeout 120 "$NCU_BIN" --clock-control none -k regex:fuser_attn --launch-skip-before-match 0 -c 8 \

@@ -39,7 +39,9 @@ from fuser.kernels.backend import select_backend
 L2_FACTOR = 3
 OPTIONS = {"tf32_only": False}  # --tf32: run the TF32 rows only
 # flash_wgmma (Hopper only; elsewhere these rows run flash_mma): the launch rule's pick, then pinned variants
-WGMMA = ["flash_wgmma", "flash_wgmma_2n64q", "flash_wgmma_1n64q3", "flash_wgmma_2n64"]
+WGMMA = ["flash_wgmma", "flash_wgmma_2n64q", "flash_wgmma_2n64qp", "flash_wgmma_2n64qs", "flash_wgmma_1n64q3",
+         "flash_wgmma_2n64"]
+CASES = {"re": None}  # --cases REGEX: only the cases whose name matches
 
 
 def nsets_for(set_bytes: int, l2: int) -> int:
@@ -70,20 +72,24 @@ def ref64(q, k, v, scale, causal=False, bias=None):
 
 def run_case(be, name: str, b: int, h: int, hkv: int, s: int, d: int, dtype: torch.dtype, tactics: list[str],
              causal: bool = False, pad: bool = False, goal: str = "", naive: bool = True,
-             tf32: bool = False) -> list[dict]:
+             tf32: bool = False, sq: int | None = None) -> list[dict]:
+    """``sq``: a query length other than the key length ``s`` (non-causal, no padding)."""
     if OPTIONS["tf32_only"] and not tf32:
         return []
+    if CASES["re"] is not None and not CASES["re"].search(name):
+        return []
+    sq = sq or s
     # tf32: PyTorch's matmuls (the naive path, SDPA's math backend) may run on TF32 tensor cores
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
     torch.manual_seed(0)
     l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 << 20)
     esz = torch.tensor([], dtype=dtype).element_size()
-    set_bytes = (2 * b * h * s * d + 2 * b * hkv * s * d) * esz
+    set_bytes = (2 * b * h * sq * d + 2 * b * hkv * s * d) * esz
     ns = nsets_for(set_bytes, l2)
-    qs = [torch.randn(b, h, s, d, dtype=dtype, device="cuda") for _ in range(ns)]
+    qs = [torch.randn(b, h, sq, d, dtype=dtype, device="cuda") for _ in range(ns)]
     ks = [torch.randn(b, hkv, s, d, dtype=dtype, device="cuda") for _ in range(ns)]
     vs = [torch.randn(b, hkv, s, d, dtype=dtype, device="cuda") for _ in range(ns)]
-    os_ = [torch.empty(b, h, s, d, dtype=dtype, device="cuda") for _ in range(ns)]
+    os_ = [torch.empty(b, h, sq, d, dtype=dtype, device="cuda") for _ in range(ns)]
     scale = 1.0 / math.sqrt(d)
     bias, specs = None, []
     if pad:  # HF's additive padding mask [B, 1, 1, S]: the last quarter of each other sequence padded
@@ -91,7 +97,7 @@ def run_case(be, name: str, b: int, h: int, hkv: int, s: int, d: int, dtype: tor
         keep[1::2, ..., 3 * s // 4:] = False
         bias = torch.where(keep, 0.0, torch.finfo(dtype).min).to(dtype)
         specs = [A.TermSpec("bias", str(dtype).replace("torch.", ""), tuple(bias.shape))]
-    flops = 4.0 * b * h * s * s * d * (0.5 if causal else 1.0)
+    flops = 4.0 * b * h * sq * s * d * (0.5 if causal else 1.0)
     want = ref64(qs[0], ks[0], vs[0], scale, causal, bias)
     rows = []
     results: dict[str, dict] = {}
@@ -142,7 +148,7 @@ def run_case(be, name: str, b: int, h: int, hkv: int, s: int, d: int, dtype: tor
             results[f"ours:{tac}"] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
     base = results.get("naive", {}).get("median_ms") or results.get("sdpa", {}).get("median_ms")
     for label, res in results.items():
-        row = {"case": name, "impl": label, "goal": goal, "B": b, "H": h, "Hkv": hkv, "S": s, "D": d,
+        row = {"case": name, "impl": label, "goal": goal, "B": b, "H": h, "Hkv": hkv, "S": s, "Sq": sq, "D": d,
                "dtype": str(dtype).replace("torch.", ""), "causal": causal, "pad": pad, **res}
         if "median_ms" in res:
             row["tflops"] = flops / (res["median_ms"] * 1e-3) / 1e12
@@ -162,8 +168,12 @@ def main() -> int:
     ap.add_argument("--out", default="/tmp/out")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--tf32", action="store_true", help="only the TF32 rows (fp32 with TF32 allowed)")
+    ap.add_argument("--cases", default=None, help="regex: only the cases whose name matches (e.g. 'S512 D64$|S4096')")
     args = ap.parse_args()
     OPTIONS["tf32_only"] = args.tf32
+    if args.cases:
+        import re
+        CASES["re"] = re.compile(args.cases)
     be = select_backend("cuda")
     props = torch.cuda.get_device_properties(0)
     print(f"device {props.name}, {props.multi_processor_count} SMs, torch {torch.__version__}")
@@ -179,8 +189,19 @@ def main() -> int:
                      ["flash_mma_n64", "flash_mma_n128", "flash_mma_pp", "flash_simt", *WGMMA], goal="<= 1.2x SDPA")
     rows += run_case(be, "B1 H12 S4096 D64", 1, 12, 12, 4096, 64, f16,
                      ["flash_mma_n64", "flash_mma_n128", "flash_mma_pp", *WGMMA], goal="<= 1.2x SDPA", naive=False)
+    # flash_wgmma's waves (H200: 2 blocks of 128 rows per SM, 264 slots): one whole wave of blocks (Sq 2816 x 12
+    # heads = 264 query tiles) and half a wave (132: one block per SM), 4096 keys; their ratio says what a
+    # half-empty last wave costs (the goal shapes have 1.45 waves)
+    rows += run_case(be, "probe wave B1 H12 Sq2816 Skv4096", 1, 12, 12, 4096, 64, f16, ["flash_wgmma_2n64q"],
+                     goal="info", naive=False, sq=2816)
+    rows += run_case(be, "probe half-wave B1 H12 Sq1408 Skv4096", 1, 12, 12, 4096, 64, f16, ["flash_wgmma_2n64q"],
+                     goal="info", naive=False, sq=1408)
+    for hh, what in ((6, "wave"), (3, "half-wave")):  # the same at 512 keys (8 key tiles per block)
+        rows += run_case(be, f"probe {what} B11 H{hh} S512", 11, hh, hh, 512, 64, f16,
+                         ["flash_wgmma_2n64q", "flash_wgmma_2n64qp"], goal="info", naive=False)
     if not args.quick:
-        rows += run_case(be, "B8 H12 S512 D64 bf16", 8, 12, 12, 512, 64, bf16, ["flash_mma", "flash_wgmma"],
+        rows += run_case(be, "B8 H12 S512 D64 bf16", 8, 12, 12, 512, 64, bf16,
+                         ["flash_mma", "flash_wgmma", "flash_wgmma_2n64q"],
                          goal="info")
         rows += run_case(be, "B8 H12 S512 D64 causal", 8, 12, 12, 512, 64, f16,
                          ["flash_mma", "flash_mma_pp", *WGMMA], causal=True, goal="info")

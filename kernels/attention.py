@@ -1397,7 +1397,8 @@ def plan(backend_name: str, dtype: np.dtype, d: int, dv: int, sq: int, skv: int,
     # flash_wgmma (``arch``: the device's, ``nterms``: score terms): where it does not apply, flash_mma runs
     if tactic.startswith("flash_wgmma") or (tactic == "auto" and WGMMA_AUTO and min(sq, skv) >= WGMMA_AUTO_MIN_LEN):
         if _wg.supported(backend_name, arch, half, d, dv, aligned, nterms, skv):
-            return _wg.plan(tactic[len("flash_wgmma_"):] if tactic.startswith("flash_wgmma_") else "", causal)
+            return _wg.plan(tactic[len("flash_wgmma_"):] if tactic.startswith("flash_wgmma_") else "", causal,
+                            sq, bh, num_sms, skv)
         if tactic != "auto":
             tactic = "flash_mma" if mma_ok else "auto"
     if tactic == "auto":  # head dims past 128 (rare) take the GEMM tactic, which tiles any D
@@ -1603,7 +1604,8 @@ class Runner:
             be.launch(self.fn_softmax, self.grid_softmax, (256, 1, 1), self.args, 0, stream)
             be.launch(self.fn_pv, self.grid_pv, (128, 1, 1), self.args, 0, stream)
             return
-        be.launch(self.fn, self.grid, (self.plan["threads"], 1, 1), self.args, self.plan["smem"], stream)
+        grid = self.plan.get("grid", self.grid)  # flash_wgmma's split tail: a 1-D grid of its own
+        be.launch(self.fn, grid, (self.plan["threads"], 1, 1), self.args, self.plan["smem"], stream)
 
 
 def run(backend: Backend, q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float | None = None,

@@ -103,7 +103,7 @@ FUSER_INLINE void fuser_wg_cp16(fuser_u32 dst, const void* src, int bytes) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(dst), "l"(src), "r"(bytes) : "memory");
 }
 FUSER_INLINE void fuser_wg_cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-FUSER_INLINE void fuser_wg_cp_wait_all() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
+template <int N> FUSER_INLINE void fuser_wg_cp_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
 // cp.async writes shared memory through the generic proxy, wgmma reads it through the async proxy: each writer
 // fences its completed copies into the async proxy before the barrier that publishes them.
 FUSER_INLINE void fuser_wg_proxy_fence() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
@@ -299,26 +299,110 @@ FUSER_INLINE void fuser_wg_kv(fuser_u32 kdst, fuser_u32 vdst, const unsigned sho
     }
 }
 
+// Split tiles (the grid's tail, SPLIT entries): each half writes its partial state (O unnormalised against its
+// reference max m, m and the per-thread row sums l) to a module-global workspace, in this thread's own fragment
+// layout (the other half's thread tid holds the same rows and columns), then counts itself in on the tile's
+// counter; the second to arrive reads the other half's state, merges it into its registers and stores the tile
+// (and resets the counter for the next launch); the first returns. No block waits for another.
+// Launches of one module must therefore not overlap in time (one stream, as the runner uses it).
+#define FUSER_WG_SPLIT_MAXT 144  // tail tiles per launch (the launch rule keeps T <= SMs <= 132 on sm_90 parts)
+__device__ float4 fuser_wg_split_ws[FUSER_WG_SPLIT_MAXT * 2 * 9 * 256];
+__device__ unsigned int fuser_wg_split_cnt[FUSER_WG_SPLIT_MAXT] = {0};
+// Returns whether this block stores the tile: a whole tile's block (no split) or the second half to arrive. The
+// block's place (recomputed here, not held in registers through the loop): blocks n - T.. of the n + T are halves.
+// The flag lives in the first word of dynamic shared memory (the alignment pad or Q's tile, both unused by now).
+template <int BR, int NT>
+FUSER_INLINE bool fuser_wg_split_combine(float (&oacc)[32], float (&m_r)[2], float (&l_r)[2],
+                                         const fuser_attn_params& p, unsigned char* smem) {
+    const int nfull = 2 * ((p.Sq + BR - 1) / BR) * p.H * p.B - (int)gridDim.x, j = (int)blockIdx.x - nfull;
+    if (j < 0) return true;
+    const int ti = j >> 1, half = j & 1, tid = threadIdx.x;
+    volatile unsigned int* last = reinterpret_cast<volatile unsigned int*>(smem);
+    float4* mine = fuser_wg_split_ws + (fuser_i64)(ti * 2 + half) * (9 * NT) + tid;
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+        __stcg(mine + j * NT, make_float4(oacc[4 * j], oacc[4 * j + 1], oacc[4 * j + 2], oacc[4 * j + 3]));
+    __stcg(mine + 8 * NT, make_float4(m_r[0], m_r[1], l_r[0], l_r[1]));
+    // the block's stores, then one thread's release-acquire arrival at GPU scope (a barrier orders the block's
+    // stores before it, the release is cumulative); the barrier after it orders the second block's loads after
+    // its acquire (CUTLASS's semaphore pattern; no sequentially consistent fence per thread)
+    __syncthreads();
+    if (tid == 0) {
+        unsigned int old;
+        asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;" : "=r"(old) : "l"(fuser_wg_split_cnt + ti)
+                     : "memory");
+        if (old) fuser_wg_split_cnt[ti] = 0u;  // both halves in: reset for the next launch
+        *last = old;
+    }
+    __syncthreads();
+    if (!*last) return false;
+    const float4* other = fuser_wg_split_ws + (fuser_i64)(ti * 2 + (half ^ 1)) * (9 * NT) + tid;
+    const float4 st = __ldcg(other + 8 * NT);
+    const float mo[2] = {st.x, st.y}, lo[2] = {st.z, st.w};
+    float as[2], ao[2];
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+        const float mn = fmaxf(m_r[hr], mo[hr]);
+        as[hr] = m_r[hr] == FUSER_NEG_INF ? 0.0f : fuser_exp2(m_r[hr] - mn);
+        ao[hr] = mo[hr] == FUSER_NEG_INF ? 0.0f : fuser_exp2(mo[hr] - mn);
+        l_r[hr] = l_r[hr] * as[hr] + lo[hr] * ao[hr];
+        m_r[hr] = mn;
+    }
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        const float4 x = __ldcg(other + j * NT);
+        oacc[4 * j] = fmaf(oacc[4 * j], as[0], x.x * ao[0]);
+        oacc[4 * j + 1] = fmaf(oacc[4 * j + 1], as[0], x.y * ao[0]);
+        oacc[4 * j + 2] = fmaf(oacc[4 * j + 2], as[1], x.z * ao[1]);
+        oacc[4 * j + 3] = fmaf(oacc[4 * j + 3], as[1], x.w * ao[1]);
+    }
+    return true;
+}
+
+// The block's query tile (mb, head h, batch b) and, for split tiles, which half of the keys it takes (else -1).
+// SPLIT: a 1-D grid of n + T blocks over the n query tiles (tile = (b, h, mb), mb fastest): the first n - T
+// blocks take a whole tile each, then two blocks per tile for the last T tiles (the grid's tail), each half of
+// the key tiles (half 0 the first); the second to finish combines (fuser_wg_split_combine).
+template <int BR, int SPLIT>
+FUSER_INLINE void fuser_wg_place(const fuser_attn_params& p, unsigned int cta, int& mb, int& b, int& h, int& half) {
+    half = -1;
+    if (SPLIT) {
+        const int nq = (p.Sq + BR - 1) / BR, n = nq * p.H * p.B, nfull = 2 * n - (int)gridDim.x;
+        int tile = (int)cta;
+        if (tile >= nfull) {
+            half = (tile - nfull) & 1;
+            tile = nfull + ((tile - nfull) >> 1);
+        }
+        mb = tile % nq;
+        h = (tile / nq) % p.H;
+        b = tile / (nq * p.H);
+    } else {
+        // causal: the heaviest query blocks (the last) first, so the short ones fill the tail of the grid
+        mb = p.causal ? (int)gridDim.x - 1 - (int)cta : (int)cta;
+        b = blockIdx.z;
+        h = blockIdx.y;
+    }
+}
+
 // Iteration kt of the pipelined loop issues S(kt) = Q·K(kt)ᵀ and then O += P(kt-1)·V(kt-1), waits for S only,
 // runs tile kt's softmax while the tensor cores do P·V, then waits for O before rescaling it and packing P(kt).
 // K/V go three stages deep: tile kt+1 lands (issued at the top of iteration kt) in the stage of tile kt-2, free
 // once every warpgroup passed the barrier (each waited for P(kt-2)·V(kt-2) in iteration kt-1).
-template <int BF16, int NWG, int BC, int QR>
+template <int BF16, int NWG, int BC, int QR, int SPLIT, int PF>
 FUSER_INLINE void fuser_attn_wgmma(const fuser_attn_params& p) {
-    enum { NT = 128 * NWG, BR = 64 * NWG, NS = 3, NN = BC / 8, KS = BC / 16, TILE = BC * 128 };
+    enum { NT = 128 * NWG, BR = 64 * NWG, NS = PF + 2, NN = BC / 8, KS = BC / 16, TILE = BC * 128 };
     extern __shared__ __align__(1024) unsigned char fuser_wg_smem[];
     // Q [BR][64], then NS stages of K [BC][64], then NS of V; the host adds 1024 bytes for this alignment
     const fuser_u32 s_q = (fuser_wg_smem_u32(fuser_wg_smem) + 1023u) & ~1023u;
     const fuser_u32 s_k = s_q + BR * 128, s_v = s_k + NS * TILE;
     const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, t = lane & 3;
-    // causal: the heaviest query blocks (the last) first, so the short ones fill the tail of the grid
-    const int mb = p.causal ? (int)gridDim.x - 1 - (int)blockIdx.x : (int)blockIdx.x;
-    const int b = blockIdx.z, h = blockIdx.y, q0 = mb * BR;
+    int mb, b, h, half;
+    fuser_wg_place<BR, SPLIT>(p, blockIdx.x, mb, b, h, half);
+    const int q0 = mb * BR;
     const int hk = h / (p.H / p.Hkv);
     const unsigned short* q = (const unsigned short*)p.q + (fuser_i64)b * p.q_sb + (fuser_i64)h * p.q_sh;
     const unsigned short* k = (const unsigned short*)p.k + (fuser_i64)b * p.k_sb + (fuser_i64)hk * p.k_sh;
     const unsigned short* v = (const unsigned short*)p.v + (fuser_i64)b * p.v_sb + (fuser_i64)hk * p.v_sh;
-    unsigned short* o = (unsigned short*)p.o + (fuser_i64)b * p.o_sb + (fuser_i64)h * p.o_sh;
     const int lr = tid >> 3, lc = tid & 7;
     const bool dok = lc * 8 < p.D, vok = lc * 8 < p.Dv;
     int ntiles = (p.Skv + BC - 1) / BC;
@@ -327,15 +411,33 @@ FUSER_INLINE void fuser_attn_wgmma(const fuser_attn_params& p) {
         const int lim = last / BC + 1;
         ntiles = ntiles < lim ? ntiles : lim;
     }
+    // this block's key tiles [kb, ke) (absolute indices): a split tile's halves take [0, mid) and [mid, ntiles)
+    int kb = 0, ke = ntiles;
+    if (SPLIT && half >= 0) {
+        const int mid = ntiles >> 1;
+        kb = half ? mid : 0;
+        ke = half ? ntiles : mid;
+    }
+    const int kbase = kb * BC;  // keys before this block's first tile
     // this thread's K/V load slots: stage-0 destinations, its first row of tile 0 (a tile is BC rows further), the
     // steps between its rows
     const fuser_u32 kd0 = s_k + lr * 128 + ((lc ^ (lr & 7)) << 4), vd0 = kd0 + NS * TILE;
-    const unsigned short* kp = k + (fuser_i64)lr * p.k_ss + lc * 8;
-    const unsigned short* vp = v + (fuser_i64)lr * p.v_ss + lc * 8;
+    const unsigned short* kp = k + (fuser_i64)(lr + kbase) * p.k_ss + lc * 8;
+    const unsigned short* vp = v + (fuser_i64)(lr + kbase) * p.v_ss + lc * 8;
     const fuser_i64 kst = (NT / 8) * p.k_ss, vst = (NT / 8) * p.v_ss, ktile = BC * p.k_ss, vtile = BC * p.v_ss;
     fuser_wg_tile<BR, NT>(s_q, q + (fuser_i64)q0 * p.q_ss, q, p.q_ss, p.Sq - q0, dok, tid);
-    if (ntiles > 0) fuser_wg_kv<BC, NT>(kd0, vd0, kp, vp, kst, vst, k, v, p.Skv - lr, dok, vok);
+    if (ke > kb) fuser_wg_kv<BC, NT>(kd0, vd0, kp, vp, kst, vst, k, v, p.Skv - kbase - lr, dok, vok);
     fuser_wg_cp_commit();
+    kp += ktile;
+    vp += vtile;
+    int rows_left = p.Skv - kbase - BC - lr;  // of the next tile to load (kb + 1), from this thread's first row
+    if (PF == 2) {  // two tiles ahead: tile kb + 1 goes now too, in a commit group of its own
+        if (kb + 1 < ke) fuser_wg_kv<BC, NT>(kd0 + TILE, vd0 + TILE, kp, vp, kst, vst, k, v, rows_left, dok, vok);
+        fuser_wg_cp_commit();
+        kp += ktile;
+        vp += vtile;
+        rows_left -= BC;
+    }
     const int qw0 = q0 + wg * 64;                 // this warpgroup's first query row
     const int row0 = qw0 + warp * 16 + g;         // this thread's rows: row0 and row0 + 8
     const float sl = p.scale * FUSER_LOG2E;
@@ -346,17 +448,15 @@ FUSER_INLINE void fuser_attn_wgmma(const fuser_attn_params& p) {
 #pragma unroll
     for (int i = 0; i < 32; ++i) oacc[i] = 0.0f;
     float m_r[2] = {FUSER_NEG_INF, FUSER_NEG_INF}, l_r[2] = {0.0f, 0.0f};
-    if (ntiles > 0) {
+    if (ke > kb) {
         fuser_u32 qf[4][4];
         fuser_u32 pa[KS][4];
         // tile 0: S and its softmax only; its P·V is issued with tile 1's S
-        fuser_wg_cp_wait_all();
+        fuser_wg_cp_wait<PF - 1>();  // Q and tile kb landed (tile kb + 1 may still be in flight when PF = 2)
         fuser_wg_proxy_fence();
         __syncthreads();
-        kp += ktile;
-        vp += vtile;
-        int rows_left = p.Skv - BC - lr;  // of tile kt+1, from this thread's first row
-        if (1 < ntiles) fuser_wg_kv<BC, NT>(kd0 + TILE, vd0 + TILE, kp, vp, kst, vst, k, v, rows_left, dok, vok);
+        if (kb + PF < ke)
+            fuser_wg_kv<BC, NT>(kd0 + PF * TILE, vd0 + PF * TILE, kp, vp, kst, vst, k, v, rows_left, dok, vok);
         fuser_wg_cp_commit();
         if (QR) {  // Q's A-fragments once: ldmatrix.x4 of rows 16w..16w+15, 16-byte chunks 2kk and 2kk+1 (swizzled)
             const int r = wg * 64 + warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
@@ -375,22 +475,21 @@ FUSER_INLINE void fuser_attn_wgmma(const fuser_attn_params& p) {
             fuser_wg_commit();
             fuser_wg_wait<0>();
             fuser_wg_keep(s);
-            const bool full = BC <= p.Skv && (!p.causal || BC - 1 <= qw0);
+            const bool full = kbase + BC <= p.Skv && (!p.causal || kbase + BC - 1 <= qw0);
             float alpha[2];
-            fuser_wg_softmax<NN>(s, m_r, l_r, alpha, full, sl, p.causal, p.Skv, row0, 0, t);
+            fuser_wg_softmax<NN>(s, m_r, l_r, alpha, full, sl, p.causal, p.Skv, row0, kbase, t);
             fuser_wg_pack<BF16, NN>(pa, s);
         }
-        int sp = 0, st = 1;  // stages of tiles kt-1 and kt
-        for (int kt = 1; kt < ntiles; ++kt) {
+        int sp = 0, st = 1, sn = PF + 1;  // stages of tiles kt-1, kt and kt+PF (that of kt-2)
+        for (int kt = kb + 1; kt < ke; ++kt) {
             const int k0 = kt * BC;
-            const int sn = st == 2 ? 0 : st + 1;  // stage of tile kt+1 (that of kt-2)
-            fuser_wg_cp_wait_all();
+            fuser_wg_cp_wait<PF - 1>();  // tile kt landed
             fuser_wg_proxy_fence();
             __syncthreads();
             kp += ktile;
             vp += vtile;
             rows_left -= BC;
-            if (kt + 1 < ntiles)
+            if (kt + PF < ke)
                 fuser_wg_kv<BC, NT>(kd0 + sn * TILE, vd0 + sn * TILE, kp, vp, kst, vst, k, v, rows_left, dok, vok);
             fuser_wg_cp_commit();
             float s[NN * 4];
@@ -415,7 +514,8 @@ FUSER_INLINE void fuser_attn_wgmma(const fuser_attn_params& p) {
             if (resc) fuser_wg_rescale(oacc, alpha);
             fuser_wg_pack<BF16, NN>(pa, s);
             sp = st;
-            st = sn;
+            st = st == NS - 1 ? 0 : st + 1;
+            sn = sn == NS - 1 ? 0 : sn + 1;
         }
         fuser_wg_keep(oacc);
         fuser_wg_keep(pa);
@@ -425,6 +525,13 @@ FUSER_INLINE void fuser_attn_wgmma(const fuser_attn_params& p) {
         fuser_wg_wait<0>();
         fuser_wg_keep(oacc);
     }
+    if (SPLIT && !fuser_wg_split_combine<BR, NT>(oacc, m_r, l_r, p, fuser_wg_smem)) return;
+    if (SPLIT) {  // the tile's place again, from a fresh read of the block index: not held through the loop
+        unsigned int cta;
+        asm volatile("mov.u32 %0, %%ctaid.x;" : "=r"(cta));
+        fuser_wg_place<BR, SPLIT>(p, cta, mb, b, h, half);
+    }
+    unsigned short* o = (unsigned short*)p.o + (fuser_i64)b * p.o_sb + (fuser_i64)h * p.o_sh;
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
         const int row = row0 + 8 * hr;
@@ -451,31 +558,44 @@ FUSER_INLINE void fuser_attn_wgmma(const fuser_attn_params& p) {
 # shared memory), and the minimum blocks per SM the registers are held to.
 ENTRY_MACROS = r"""
 #if defined(FUSER_CUDA) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define FUSER_ATTN_WG(NAME, BF16, NWG, BC, QR, MINB)                                                     \
+#define FUSER_ATTN_WG(NAME, BF16, NWG, BC, QR, MINB, SPLIT, PF)                                          \
     FUSER_GLOBAL void __launch_bounds__(128 * NWG, MINB) NAME(const fuser_attn_params p) {                  \
-        fuser_attn_wgmma<BF16, NWG, BC, QR>(p);                                                          \
+        fuser_attn_wgmma<BF16, NWG, BC, QR, SPLIT, PF>(p);                                               \
     }
 #elif defined(FUSER_CUDA)
 // not an sm_90a compile: wgmma does not exist here; the launch rule never picks these entries
-#define FUSER_ATTN_WG(NAME, BF16, NWG, BC, QR, MINB)                                                     \
+#define FUSER_ATTN_WG(NAME, BF16, NWG, BC, QR, MINB, SPLIT, PF)                                          \
     FUSER_GLOBAL void NAME(const fuser_attn_params p) { asm volatile("trap;"); }
 #else
-#define FUSER_ATTN_WG(NAME, BF16, NWG, BC, QR, MINB) FUSER_GLOBAL void NAME(const fuser_attn_params p) {}
+#define FUSER_ATTN_WG(NAME, BF16, NWG, BC, QR, MINB, SPLIT, PF) FUSER_GLOBAL void NAME(const fuser_attn_params p) {}
 #endif
 """
 
-# variant -> (warpgroups, keys per tile, Q in registers, min blocks per SM)
-WG_VARIANTS: dict[str, tuple[int, int, int, int]] = {
-    "2n64q": (2, 64, 1, 2),
-    "2n64": (2, 64, 0, 2),
-    "1n64q3": (1, 64, 1, 3),
-    "1n64q": (1, 64, 1, 4),
-    "3n64q": (3, 64, 1, 1),
+# variant -> (warpgroups, keys per tile, Q in registers, min blocks per SM, split tail, K/V tiles loaded ahead)
+# (K/V stages = tiles ahead + 2: a tile's V is still read in the next iteration)
+WG_VARIANTS: dict[str, tuple[int, int, int, int, int, int]] = {
+    "2n64q": (2, 64, 1, 2, 0, 1),
+    "2n64qs": (2, 64, 1, 2, 1, 1),
+    "2n64qp": (2, 64, 1, 2, 0, 2),
+    "2n64": (2, 64, 0, 2, 0, 1),
+    "1n64q3": (1, 64, 1, 3, 0, 1),
+    "1n64q": (1, 64, 1, 4, 0, 1),
+    "3n64q": (3, 64, 1, 1, 0, 1),
 }
 # The launch rule's picks, from the H200 runs (BENCHMARKS.md): 128-row blocks (two warpgroups sharing K/V tiles)
 # in general; 64-row blocks for causal masks, whose triangle of work balances better in small pieces.
 WG_DEFAULT = "2n64q"
 WG_CAUSAL = "1n64q3"
+# Split tail (variant 2n64qs): where the query tiles fill whole waves of block slots (2 per SM) and then at most
+# half a wave, the last wave's tiles are split over two blocks each (half the key tiles each, merged by the
+# second to finish), so the tail runs as half-length blocks on every slot instead of whole blocks on a few.
+# H200 (BENCHMARKS.md, 2026-11-21 split runs): B1 H12 S4096 137.6 -> 133.2 us; at S512 (8 key tiles) the halves'
+# fixed costs (prologue, the partial state's round trip through L2) outweigh the tail: 26.6 -> 29.1 us. So only
+# from WG_SPLIT_MIN_KEY_TILES key tiles (64 keys each) on.
+WG_SPLIT = True
+WG_SPLIT_VARIANT = "2n64qs"
+WG_SPLIT_MIN_KEY_TILES = 64
+WG_SPLIT_MAX_TILES = 144  # the device workspace's capacity (FUSER_WG_SPLIT_MAXT)
 
 
 def entries_source(sfx: str) -> str:
@@ -493,8 +613,8 @@ VARIANTS: list[str] = [f"fuser_attn_wg{v}_{s}" for s in ("f16", "bf16") for v in
 
 
 def smem_bytes(variant: str) -> int:
-    nwg, bc = WG_VARIANTS[variant][:2]
-    return 64 * nwg * 128 + 2 * 3 * bc * 128 + 1024  # Q, 3 stages of K and V, 1024 for the alignment
+    nwg, bc, pf = WG_VARIANTS[variant][0], WG_VARIANTS[variant][1], WG_VARIANTS[variant][5]
+    return 64 * nwg * 128 + 2 * (pf + 2) * bc * 128 + 1024  # Q, pf + 2 stages of K and V, 1024 for the alignment
 
 
 def supported(backend_name: str, arch: str, half: bool, d: int, dv: int, aligned: bool, nterms: int,
@@ -506,10 +626,35 @@ def supported(backend_name: str, arch: str, half: bool, d: int, dv: int, aligned
             and dv % 8 == 0 and aligned and nterms == 0 and (skv + 128) * max(d, dv) < 2**31)
 
 
-def plan(variant: str = "", causal: bool = False) -> dict:
+def split_tiles(n: int, slots: int) -> int:
+    """Tail tiles to split: n query tiles over ``slots`` block slots leave a last wave of r = n mod slots tiles;
+    split them where at least one whole wave runs before it and r is at most half the slots (then their 2r halves
+    fit one wave)."""
+    w, r = divmod(n, max(1, slots))
+    return r if w >= 1 and 0 < r <= slots // 2 and r <= WG_SPLIT_MAX_TILES else 0
+
+
+def plan(variant: str = "", causal: bool = False, sq: int = 0, bh: int = 0, num_sms: int = 0, skv: int = 0) -> dict:
+    """The variant's launch: ``sq``, ``skv`` (query and key lengths), ``bh`` (batch x heads) and ``num_sms`` size the
+    split tail.
+    A split plan carries its own 1-D ``grid`` (n + T blocks for n query tiles, T of them split)."""
     v = variant or (WG_CAUSAL if causal else WG_DEFAULT)
     if v not in WG_VARIANTS:
         raise ValueError(f"unknown flash_wgmma variant {v!r}; known: {', '.join(WG_VARIANTS)}")
-    nwg = WG_VARIANTS[v][0]
-    return {"tactic": "flash_wgmma", "family": f"wg{v}", "threads": 128 * nwg, "rows": 64 * nwg,
-            "smem": smem_bytes(v)}
+    nwg, _, _, minb, split, _ = WG_VARIANTS[v]
+    rows = 64 * nwg
+    n = -(-sq // rows) * bh
+    tail = 0
+    if not variant and not causal and WG_SPLIT and n and num_sms and -(-skv // 64) >= WG_SPLIT_MIN_KEY_TILES:
+        tail = split_tiles(n, minb * num_sms)
+        if tail:
+            v = WG_SPLIT_VARIANT
+    elif split:  # pinned: the rule's tail, else half the tiles (so both kinds of block run)
+        tail = min(split_tiles(n, minb * num_sms) or max(1, n // 2), WG_SPLIT_MAX_TILES, n)
+    out = {"tactic": "flash_wgmma", "family": f"wg{v}", "threads": 128 * nwg, "rows": rows, "smem": smem_bytes(v)}
+    if WG_VARIANTS[v][4]:
+        if n + tail >= 2**31:
+            raise ValueError(f"flash_wgmma_{v}: {n} query tiles do not fit its 1-D grid")
+        out["grid"] = (max(1, n + tail), 1, 1)
+        out["split_tiles"] = tail
+    return out

@@ -369,3 +369,77 @@ def test_tf32_padding_bias_paths(be, scale_sign, bias_dtype, tactic):
         assert np.isnan(got_all[b * h * sq * d:]).all()
         got = got_all[:b * h * sq * d].reshape(want.shape)
         assert np.linalg.norm(got - want) / np.linalg.norm(want) <= TF32_TOL
+
+
+# -- flash_wgmma's split tail (variant 2n64qs): the last wave's query tiles split over two blocks each -----------
+
+def split_shape(be, h: int, hkv: int, nq: int, sq: int, skv: int, d: int, dv: int, extra: int):
+    """A shape whose n query tiles (128 rows) fill one wave of 2-per-SM block slots and ``extra`` more: the launch
+    rule splits the last ``extra`` tiles."""
+    slots = 2 * be.num_sms
+    b = -(-(slots + extra) // (nq * h))
+    return (b, h, hkv, sq, skv, d, dv), b * h * nq - slots
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("case", [
+    (5, 5, 3, 333, 777, 64, 64),    # MHA, keys off the tiles (13 tiles: halves of 6 and 7)
+    (6, 2, 2, 200, 1000, 24, 40),   # GQA, head dims below 64, Dv != D
+    (4, 1, 1, 100, 65, 64, 16),     # MQA, 2 key tiles (one each), one query tile per head
+])
+def test_wgmma_split_tail(be, dtype, case):
+    """Where one whole wave of block slots runs first and at most half a wave is left, 2n64qs splits the last
+    tiles (the launch rule's split, which auto takes from WG_SPLIT_MIN_KEY_TILES key tiles on); every element
+    written (NaN-poisoned), against float64."""
+    wgmma_device(be)
+    h, hkv, nq, sq, skv, d, dv = case
+    shape, tail = split_shape(be, h, hkv, nq, sq, skv, d, dv, 9)
+    assert 0 < tail <= be.num_sms
+    b = shape[0]
+    r = A.Runner(be, (b, h, sq, d), (b, hkv, skv, d), (b, hkv, skv, dv), dtype, tactic="flash_wgmma_2n64qs")
+    assert r.plan["family"] == "wg2n64qs" and r.plan["split_tiles"] == tail
+    assert r.plan["grid"] == (b * h * nq + tail, 1, 1)
+    check(be, dtype, "flash_wgmma_2n64qs", *shape)
+    # the rule: auto splits the same tail where the keys are long enough, not below, not a full last wave
+    long_kv = 64 * A._wg.WG_SPLIT_MIN_KEY_TILES
+    r = A.Runner(be, (b, h, sq, d), (b, hkv, long_kv, d), (b, hkv, long_kv, dv), dtype, tactic="flash_wgmma")
+    assert r.plan["family"] == "wg2n64qs" and r.plan["grid"] == (b * h * nq + tail, 1, 1)
+    r = A.Runner(be, (b, h, sq, d), (b, hkv, long_kv - 64, d), (b, hkv, long_kv - 64, dv), dtype,
+                 tactic="flash_wgmma")
+    assert r.plan["family"] == "wg2n64q" and "grid" not in r.plan
+    r = A.Runner(be, (1, 12, 128 * be.num_sms // 6, 64), (1, 12, long_kv, 64), (1, 12, long_kv, 64), dtype,
+                 tactic="flash_wgmma")
+    assert r.plan["family"] == "wg2n64q" and "grid" not in r.plan
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("shape", [(3, 2, 2, 130, 1, 64, 64), (2, 3, 1, 257, 64, 32, 64), (2, 2, 2, 300, 129, 64, 56),
+                                   (1, 3, 3, 1, 500, 64, 64), (2, 5, 5, 513, 301, 16, 8)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_wgmma_split_pinned_edges(be, shape, causal):
+    """Pinned 2n64qs on edge cases: one key tile (the first half has none), exactly one tile, Sq = 1, causal rows
+    that see no key of the second half, tiny head dims."""
+    wgmma_device(be)
+    for i, dtype in enumerate(("float16", "bfloat16")):
+        check(be, dtype, "flash_wgmma_2n64qs", *shape, causal=causal, seed=i)
+
+
+def test_wgmma_split_repeated_launches(be):
+    """The tiles' arrival counters reset themselves: one runner launched several times on fresh inputs (and a second
+    runner of the same module after it) gives the right result each time."""
+    wgmma_device(be)
+    (b, h, hkv, sq, skv, d, dv), _ = split_shape(be, 4, 4, 2, 256, 640, 64, 64, 40)
+    r = A.Runner(be, (b, h, sq, d), (b, hkv, skv, d), (b, hkv, skv, dv), "float16", tactic="flash_wgmma_2n64qs")
+    assert r.plan["family"] == "wg2n64qs" and r.plan["split_tiles"] == 40
+    r2 = A.Runner(be, (1, 3, 200, d), (1, 3, 333, d), (1, 3, 333, dv), "float16", tactic="flash_wgmma_2n64qs")
+    for it in range(3):
+        for rr, (bb, hh, s1, s2) in ((r, (b, h, sq, skv)), (r2, (1, 3, 200, 333))):
+            q, k, v = (rounded(rnd(sh, 100 * it + j), "float16") for j, sh in
+                       enumerate([(bb, hh, s1, d), (bb, hh, s2, d), (bb, hh, s2, dv)]))
+            want = A.reference(q, k, v)
+            out = torch.full((bb * hh * s1 * dv,), float("nan"), dtype=torch.float16, device="cuda")
+            rr([to_dev(x, "float16") for x in (q, k, v)], out.data_ptr())
+            torch.cuda.synchronize()
+            got = out.to(torch.float64).cpu().numpy().reshape(want.shape)
+            assert not np.isnan(got).any()
+            assert np.linalg.norm(got - want) / np.linalg.norm(want) <= TOL["float16"], (it, rr.plan["family"])
