@@ -71,6 +71,10 @@ def run_pipeline(model: onnx.ModelProto, target: str = "hip", skip: tuple[str, .
         graph = normalize(model, bdir)
     # graphsurgeon keeps a reference to the model's opset_import and appends to it on export: detach
     graph.import_domains = [onnx.helper.make_opsetid(o.domain, o.version) for o in model.opset_import]
+    if target == "onnx" and opset >= 23:
+        # the standard Attention op (onnxruntime's) does not broadcast its mask over the query axis: keep the terms
+        # at the shape the export built, so each fused node can become one Attention
+        skip = (*skip, "attention_terms")
     ctx = PassContext(graph, opset)
     counts: dict[str, int] = {}
     rounds = 0

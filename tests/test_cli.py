@@ -69,7 +69,7 @@ def test_fuse_subcommand_and_target_onnx(tmp_path: Path) -> None:
 def test_list_passes_and_skip(tmp_path: Path) -> None:
     p = cli("--list-passes")
     assert p.returncode == 0
-    assert p.stdout.split()[:5] == ["normalize", "attention", "group_norm", "fold_bn", "fold_affine"]
+    assert p.stdout.split()[:5] == ["normalize", "attention", "pack_qkv", "attention_terms", "group_norm"]
     out = tmp_path / "k.onnx"
     assert cli(DARKNET, "-o", out, "--skip", "conv_activation", "--skip", "leaky_relu", "-q").returncode == 0
     ops = {n.op_type for n in onnx.load(out).graph.node}
