@@ -257,11 +257,10 @@ def standard_attention_nodes(model: onnx.ModelProto, opset: int) -> int:
 
     if opset < 23:
         return 0
+    from .layout_views import value_dims
+
     inits = {t.name: t for t in model.graph.initializer}
-    dims = {v.name: [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                     for d in v.type.tensor_type.shape.dim]
-            for v in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output)
-            if v.type.tensor_type.HasField("shape")}
+    dims = value_dims(model)
     dims.update({t.name: list(t.dims) for t in model.graph.initializer})
     count = 0
     for n in model.graph.node:
