@@ -103,6 +103,10 @@ def normalize(model: onnx.ModelProto, base_dir: str | None = None) -> gs.Graph:
     name_graph_nodes(graph)
     if has_foldable(graph):
         detach_attribute_tensors(graph)
+        # shapes first: folding replaces Shape(x) (or its Gather/Slice of static dims) by a constant only where
+        # x's shape is known, and exporters seldom write value_info for intermediates (TorchScript's SDPA
+        # decomposition computes its scale from Shape(q): folded, the attention pass absorbs it)
+        infer_into(graph, list(model.opset_import), list(model.functions))
         try:
             graph = fold_constants(graph)
         except Exception:  # noqa: BLE001 - folding is an optimisation: a graph it cannot export stays as is

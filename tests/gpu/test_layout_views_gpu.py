@@ -135,3 +135,38 @@ def test_device_runtime_views_on_real_exports(cuda_ready, family):
     # the dynamic-batch ViT export's patch Conv island copies host data each run, which a capture refuses: graphs
     # stay off for it (and the runs above stayed correct through the failed capture); the others replay
     assert sess.graph_status == "on" or family == "vit", sess.graph_status
+
+
+@pytest.mark.parametrize("case", ["hand", "torch_mha"])
+def test_device_runtime_static_chain_views(cuda_ready, case):
+    """nn.MultiheadAttention's chains (Reshape/Unsqueeze/Transpose/Squeeze/Gather/Reshape/Transpose/Reshape in,
+    Transpose/Reshape out) read and written through strides on the device, eager and replayed."""
+    from fuser.pipeline import run_pipeline
+    from fuser.runtime import KernelStep, Session
+    from fuser.verify import ort_run
+
+    from ..test_layout_views import mha_chain_attention
+
+    if case == "hand":
+        m, feeds = mha_chain_attention(s=37, b=3, heads=4, d=16)
+    else:
+        module, _, _ = build("mha_vit_block")
+        block = type(module)(False, 128, 2)
+        block.static_batch = True
+        x = torch.randn(4, 197, 128)
+        m = export(block, (x,), ["x"], dynamo=False, opset=17)
+        feeds = {"x": x.numpy()}
+    fused = run_pipeline(m).model
+    sess = Session(fused, device="cuda")
+    (v,) = sess.views.values()
+    assert all(x.strides is not None for x in v.inputs.values()) and v.output is not None
+    plan = [n.op_type for st in sess.steps for n in ([st.node] if isinstance(st, KernelStep) else st.nodes)]
+    assert "Gather" not in plan and "Squeeze" not in plan, plan
+    for i in range(4):
+        if i:
+            feeds = {n: np.random.default_rng(i).standard_normal(a.shape).astype(a.dtype) for n, a in feeds.items()}
+        ref = ort_run(m, feeds)
+        got = sess.run(None, feeds)
+        for a, b in zip((ref[n] for n in sess.output_names), got, strict=True):
+            err = np.linalg.norm(a.astype(np.float64) - b) / max(np.linalg.norm(a.astype(np.float64)), 1e-30)
+            assert err <= 1e-5, f"{case} run {i}: rel-L2 {err:.2e}"
