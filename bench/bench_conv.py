@@ -4,7 +4,8 @@ Per problem (N, Cin, H, W, Cout, K; stride 1, pad K//2): BN (random statistics) 
 weights and bias in float64 (what fold_bn does), and our fused kernel computes conv + bias + LeakyReLU(0.1)
 in one launch. Baselines, in the same process: eager ``conv2d -> batch_norm -> leaky_relu`` (three
 launches) and ``conv2d`` alone (cuDNN), both with ``torch.backends.cudnn.allow_tf32 = False`` for fp32;
-TF32: our ``mma_tf32`` (register double buffer) and ``mma_tf32_ms`` (multistage cp.async) tactics vs cuDNN conv
+TF32: our ``mma_tf32`` (register double buffer), ``mma_tf32_ms`` (multistage cp.async) and, on sm_90,
+``wgmma_tf32`` (Hopper warpgroup MMA) tactics vs cuDNN conv
 alone with TF32 allowed; fp16: our ``mma_f16`` vs cuDNN fp16.
 
 Method (as bench_kernels.py): each op is captured ``inner`` times into a CUDA graph, rotating over
@@ -111,10 +112,10 @@ def run_problem(be, name, n, c, h, w, m, k, dtype, args, l2: int) -> dict:
         if args.tf32_tactics:
             tf32_cands = args.tf32_tactics.split(",")
         else:
-            tf32_cands = ["mma_tf32", "mma_tf32_ms"]
+            tf32_cands = ["mma_tf32", "mma_tf32_ms"] + (["wgmma_tf32"] if be.arch == "sm_90" else [])
             if args.tactics:
-                tf32_cands += [t for t in conv.candidate_tactics(geom, dtype, allow_tf32=True)
-                               if t.startswith("mma_tf32")]
+                tf32_cands += [t for t in conv.candidate_tactics(geom, dtype, True, be.name, be.arch)
+                               if t.startswith(conv.TF32_ALGOS)]
         if args.tf32_only:
             cands = []
     else:
@@ -135,7 +136,7 @@ def run_problem(be, name, n, c, h, w, m, k, dtype, args, l2: int) -> dict:
             conv_mma.MS_TILES[tile] = cfg
         try:
             r = conv.Runner(be, (n, c, h, w), dtype, wnp, bnp, activation="LeakyRelu", alpha=ALPHA, tactic=t,
-                            allow_tf32=t.startswith("mma_tf32"), pads=[pad] * 4)
+                            allow_tf32=t.startswith(conv.TF32_ALGOS), pads=[pad] * 4)
         finally:
             if saved is not None:
                 conv_mma.MS_TILES[tile] = saved
@@ -149,7 +150,7 @@ def run_problem(be, name, n, c, h, w, m, k, dtype, args, l2: int) -> dict:
         written = bool(torch.isfinite(y).all().item())
         snr, rel = acc(y, ref)
         ms = time_graph(lambda j, st, r=r: r((xs[j].data_ptr(),), ys[j].data_ptr(), st), nsets)
-        ours[name_t] = {"ms": ms, "snr": snr, "rel": rel, "written": written, "tf32": t.startswith("mma_tf32"),
+        ours[name_t] = {"ms": ms, "snr": snr, "rel": rel, "written": written, "tf32": t.startswith(conv.TF32_ALGOS),
                         "default": i == 0, "req": [t]}
         print(f"  {name} {np.dtype(dtype).name} {name_t}: {ms:.4f} ms, SNR {snr:.1f} dB, rel {rel:.2e}"
               f"{'' if written else ' NOT FULLY WRITTEN'}", flush=True)
@@ -217,17 +218,20 @@ def main() -> int:
         print(line)
     tf_rows = [r for r in rows if "best_tf32" in r]
     if tf_rows:
-        print("\nTF32 (ms): register kernel (launch rule) / multistage (launch rule) / fastest TF32 tactic")
-        print("| case | cuDNN TF32 | mma_tf32 (tile) | mma_tf32_ms (tile) | fastest (tactic) | fastest / cuDNN "
-              "| rel-L2 ours / cuDNN |")
-        print("|---|---|---|---|---|---|---|")
+        print("\nTF32 (ms): register kernel / multistage / warpgroup MMA (launch rule tiles) / fastest TF32 tactic")
+        print("| case | cuDNN TF32 | mma_tf32 (tile) | mma_tf32_ms (tile) | wgmma_tf32 (tile) | wgmma / cuDNN "
+              "| fastest (tactic) | fastest / cuDNN | rel-L2 ours / cuDNN |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for r in tf_rows:
             def by_req(req: str, r=r) -> str:
                 hit = [(k, v) for k, v in r["ours"].items() if req in v["req"]]
                 return f"{hit[0][1]['ms']:.4f} ({hit[0][0]})" if hit else "-"
             b = r["ours"][r["best_tf32"]]
+            wg = [v for v in r["ours"].values() if "wgmma_tf32" in v["req"]]
+            wgr = f"{wg[0]['ms'] / r['cudnn_tf32']:.2f}" if wg else "-"
             print(f"| {r['case']} | {r['cudnn_tf32']:.4f} | {by_req('mma_tf32')} | {by_req('mma_tf32_ms')} | "
-                  f"{b['ms']:.4f} ({r['best_tf32']}) | {b['ms'] / r['cudnn_tf32']:.2f} | "
+                  f"{by_req('wgmma_tf32')} | {wgr} | {b['ms']:.4f} ({r['best_tf32']}) | "
+                  f"{b['ms'] / r['cudnn_tf32']:.2f} | "
                   f"{b['rel']:.2e} / {r['cudnn_rel_tf32']:.2e} |")
     return 0
 

@@ -3,7 +3,7 @@
 # parallel into the disk cache, run the conv GPU tests, then the conv benchmark (table printed last).
 # Logs in $OUT. Usage (device tool, carry .whl): bash bench/conv_session.sh [--no-tests] [bench_conv.py args]
 # Options by environment: PROFILE="N C H W M K tactic..." (ncu, after the bench), NOBENCH=1,
-# TUNE_CNN="resnet50 darknet53 ...", BENCH_TIMEOUT / PROFILE_TIMEOUT (seconds; default 400 / 240)
+# TUNE_CNN="resnet50 darknet53 ...", TESTK (pytest -k expression for the GPU tests), BENCH_TIMEOUT / PROFILE_TIMEOUT (seconds; default 400 / 240)
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -18,8 +18,8 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,
 cd /tmp
 python3 "$REPO/bench/warm_conv_cache.py" 2>&1 | tail -3
 if [ "$TESTS" = 1 ]; then
-    timeout 240 python3 -m pytest -q -p no:cacheprovider --import-mode=importlib --rootdir="$REPO" \
-        -c "$REPO/pyproject.toml" -m gpu "$REPO/tests/gpu/test_conv_gpu.py" 2>&1 | tee "$OUT/conv_gpu_tests.log" \
+    timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -q -p no:cacheprovider --import-mode=importlib --rootdir="$REPO" \
+        -c "$REPO/pyproject.toml" -m gpu ${TESTK:+-k "$TESTK"} "$REPO/tests/gpu/test_conv_gpu.py" 2>&1 | tee "$OUT/conv_gpu_tests.log" \
         | grep -E "passed|failed|Error|error|assert" | tail -25
 fi
 if [ -z "${NOBENCH:-}" ]; then

@@ -34,6 +34,13 @@ def main() -> int:
         print("no GPU backend: nothing to warm")
         return 0
     jobs = [(be.name, be.arch, fam, src, entry, be.warp_size) for fam, src, entry in conv.entry_sources()]
+    from fuser.kernels import conv_wgmma, toolchain
+
+    target = toolchain.arch_specific(be.name, be.arch)
+    if target and conv.algo_ok("wgmma_tf32", conv.geometry((1, 1, 1, 1), (1, 1, 1, 1)), "float32", be.name, be.arch):
+        # wgmma_tf32's modules: their own sm_90a builds
+        jobs += [(be.name, target, conv_wgmma.NAME, conv_wgmma.entry_source(t), conv_wgmma.wg_entry(t), be.warp_size)
+                 for t in conv_wgmma.WG_TILES]
     t0 = time.perf_counter()
     with mp.get_context("spawn").Pool(min(args.jobs, len(jobs))) as pool:
         for entry, dt, cached in pool.imap_unordered(_compile, jobs):

@@ -26,6 +26,8 @@ rule picks it):
   FP16 m16n8k16, fp32 accumulation); on AMD a portable fallback of the same fragment contract.
 - ``mma_tf32_ms`` (conv_mma.py): the TF32 GEMM with a multistage cp.async shared-memory pipeline (4 stages
   of 16 k in flight, one barrier per stage); the TF32 tactic of choice with ``allow_tf32``.
+- ``wgmma_tf32`` (conv_wgmma.py): the TF32 GEMM on Hopper's warpgroup MMA (``wgmma``, sm_90a only): pixels as M
+  (the im2col operand from registers), channels as N (weights through a swizzled shared-memory descriptor).
 - ``depthwise`` (conv_depthwise.py): direct depthwise (group == C_in) convolution.
 - ``winograd`` (conv_winograd.py; seed report §2.3): fused Winograd F(2x2, 3x3), 3x3 stride 1.
 - ``library``: no kernel of ours; the node stays in an onnxruntime island (cuDNN/MIOpen).
@@ -224,19 +226,23 @@ def geometry(x_shape: Sequence[int], w_shape: Sequence[int], group: int = 1, str
 
 # ---- tactics ----------------------------------------------------------------------------------------
 LIBRARY = "library"
-ALGOS = ("igemm", "mma_tf32", "mma_tf32_ms", "mma_f16", "depthwise", "winograd")
+ALGOS = ("igemm", "mma_tf32", "mma_tf32_ms", "wgmma_tf32", "mma_f16", "depthwise", "winograd")
+TF32_ALGOS = ("mma_tf32", "mma_tf32_ms", "wgmma_tf32")   # fp32 tensors on TF32 tensor cores: only with allow_tf32
 TILES: dict[str, tuple[tuple[int, int], ...]] = {
     "igemm": ((128, 128), (64, 128), (64, 64), (32, 64), (32, 32)),
     "mma_tf32": ((128, 128), (64, 64)),
     "mma_tf32_ms": ((128, 128), (128, 64), (64, 128), (64, 64), (64, 32)),
     "mma_f16": ((128, 128), (64, 64)),
+    # (channels, pixels), as every tile here (conv_wgmma.WG_TILES)
+    "wgmma_tf32": ((128, 128), (64, 128), (128, 64), (64, 64)),
 }
 # Relative per-SM throughput of a tile shape (bigger register blocks reuse more); for the launch rule.
 _TILE_EFF = {"igemm": {(128, 128): 1.0, (64, 128): 0.9, (64, 64): 0.7, (32, 64): 0.55, (32, 32): 0.4},
              "mma_tf32": {(128, 128): 1.0, (64, 64): 0.8}, "mma_f16": {(128, 128): 1.0, (64, 64): 0.8},
              # mma_tf32_ms: fitted to the H200 TF32 run (BENCHMARKS.md): 128x128 for the problems that fill the
              # GPU, 64x32 below that; 64x128 (four warps in a row) was never the fastest
-             "mma_tf32_ms": {(128, 128): 1.0, (128, 64): 0.5, (64, 128): 0.4, (64, 64): 0.5, (64, 32): 0.9}}
+             "mma_tf32_ms": {(128, 128): 1.0, (128, 64): 0.5, (64, 128): 0.4, (64, 64): 0.5, (64, 32): 0.9},
+             "wgmma_tf32": {(128, 128): 1.0, (64, 128): 0.8, (128, 64): 0.8, (64, 64): 0.6}}
 
 
 def parse_tactic(tactic: str) -> tuple[str, tuple[int, int] | None]:
@@ -256,8 +262,9 @@ def tactic_name(algo: str, tile: tuple[int, int] | None) -> str:
     return f"{algo}_{tile[0]}x{tile[1]}" if tile else algo
 
 
-def algo_ok(algo: str, g: ConvGeometry, dtype, backend_name: str = "cuda") -> bool:
-    """Can ``algo`` run this geometry and dtype (correctly — not necessarily fast)?"""
+def algo_ok(algo: str, g: ConvGeometry, dtype, backend_name: str = "cuda", arch: str = "") -> bool:
+    """Can ``algo`` run this geometry and dtype (correctly — not necessarily fast)? ``arch``: the device's
+    (``wgmma_tf32`` runs only on NVIDIA sm_90, through its sm_90a build)."""
     dt = np.dtype(dtype)
     if dt not in (np.float32, np.float16):
         return False
@@ -265,6 +272,8 @@ def algo_ok(algo: str, g: ConvGeometry, dtype, backend_name: str = "cuda") -> bo
         return True
     if algo in ("mma_tf32", "mma_tf32_ms"):
         return dt == np.float32
+    if algo == "wgmma_tf32":
+        return dt == np.float32 and backend_name == "cuda" and arch == "sm_90"
     if algo == "mma_f16":
         return dt == np.float16
     if algo == "depthwise":
@@ -274,13 +283,14 @@ def algo_ok(algo: str, g: ConvGeometry, dtype, backend_name: str = "cuda") -> bo
     return False
 
 
-def candidate_tactics(g: ConvGeometry, dtype, allow_tf32: bool = False, backend_name: str = "cuda") -> list[str]:
+def candidate_tactics(g: ConvGeometry, dtype, allow_tf32: bool = False, backend_name: str = "cuda",
+                      arch: str = "") -> list[str]:
     """Every concrete tactic worth timing for this node (``--tune``), ``library`` first."""
     out = [LIBRARY]
     for algo in ALGOS:
-        if not algo_ok(algo, g, dtype, backend_name):
+        if not algo_ok(algo, g, dtype, backend_name, arch):
             continue
-        if algo.startswith("mma_tf32") and not allow_tf32:
+        if algo in TF32_ALGOS and not allow_tf32:
             continue
         if algo.startswith("mma") and backend_name != "cuda":
             continue   # the AMD build of these is a portable fallback, never a speed tactic
@@ -291,13 +301,15 @@ def candidate_tactics(g: ConvGeometry, dtype, allow_tf32: bool = False, backend_
     return out
 
 
-_GEMM_BK = {"igemm": 8, "mma_tf32": 16, "mma_tf32_ms": 16, "mma_f16": 32}
+_GEMM_BK = {"igemm": 8, "mma_tf32": 16, "mma_tf32_ms": 16, "mma_f16": 32, "wgmma_tf32": 32}
 _GEMM_THREADS = {"igemm": {(128, 128): 256, (64, 128): 256, (64, 64): 256, (32, 64): 128, (32, 32): 64},
                  "mma_tf32": {(128, 128): 256, (64, 64): 128}, "mma_f16": {(128, 128): 256, (64, 64): 128},
-                 "mma_tf32_ms": {(128, 128): 256, (128, 64): 128, (64, 128): 128, (64, 64): 128, (64, 32): 128}}
+                 "mma_tf32_ms": {(128, 128): 256, (128, 64): 128, (64, 128): 128, (64, 64): 128, (64, 32): 128},
+                 "wgmma_tf32": {(128, 128): 256, (64, 128): 256, (128, 64): 128, (64, 64): 128}}
 # Resident blocks per SM where registers/shared memory (ptxas, sm_90) say otherwise than 512 threads per SM.
 # 64x64 / 64x32 build 32 k per stage (conv_mma.MS_TILES): ~52 KiB of shared memory, 4 blocks.
-_GEMM_BPS = {"mma_tf32_ms": {(128, 128): 2, (128, 64): 3, (64, 128): 3, (64, 64): 4, (64, 32): 4}}
+_GEMM_BPS = {"mma_tf32_ms": {(128, 128): 2, (128, 64): 3, (64, 128): 3, (64, 64): 4, (64, 32): 4},
+             "wgmma_tf32": {(128, 128): 2, (64, 128): 2, (128, 64): 2, (64, 64): 3}}
 _MS_BK32 = ((64, 64), (64, 32))   # conv_mma.MS_TILES' k per stage (conv_mma imports this module)
 
 
@@ -324,7 +336,7 @@ def pick_tile(algo: str, g: ConvGeometry, num_sms: int = 132) -> tuple[int, int]
     return min(TILES[algo], key=lambda t: tile_cost(algo, t, g, num_sms))
 
 
-def heuristic(g: ConvGeometry, dtype, allow_tf32: bool = False, backend_name: str = "cuda") -> str:
+def heuristic(g: ConvGeometry, dtype, allow_tf32: bool = False, backend_name: str = "cuda", arch: str = "") -> str:
     """The tactic without tuning (documented in README): depthwise kernel for depthwise convs; on
     NVIDIA, FP16 tensor cores for fp16 tensors and TF32 tensor cores for fp32 only with ``allow_tf32``
     (the multistage ``mma_tf32_ms``: at launch-rule tiles faster than ``mma_tf32`` on all nine problems of
@@ -822,10 +834,13 @@ class _GemmTactic:
             self._cnt = backend.upload(np.zeros(gx * gy * g.group, np.int32))
         self.args = KernelArgs(CONV_GEMM_SIG)
         self.entry = self.entry_name()
-        self.fn = backend.function(self.family_name, self.source(), self.entry)
+        self.fn = self.load_function()
 
     bk = 8
     smem = 0      # dynamic shared memory per block (bytes)
+
+    def load_function(self):
+        return self.backend.function(self.family_name, self.source(), self.entry)
 
     def pack(self, w: np.ndarray):
         p = pack_weights_km(w, self.g, self.kmaj)
@@ -869,6 +884,11 @@ def _make_tactic(algo: str, tile, backend, g, dtype, w, bias, epi, splits=None):
 
         return conv_mma.MmaMsTactic(backend, g, dtype, w, bias, tile or pick_tile(algo, g, backend.num_sms), epi,
                                     splits)
+    if algo == "wgmma_tf32":
+        from . import conv_wgmma
+
+        return conv_wgmma.WgmmaTactic(backend, g, dtype, w, bias, tile or pick_tile(algo, g, backend.num_sms), epi,
+                                      splits)
     if algo in ("mma_tf32", "mma_f16"):
         from . import conv_mma
 
@@ -914,10 +934,10 @@ class Runner:
         algo, tile = parse_tactic(tactic)
         if algo == LIBRARY:
             raise Unsupported("tactic 'library' runs in onnxruntime, not on a Runner")
-        if algo.startswith("mma_tf32"):
+        if algo in TF32_ALGOS:
             allow_tf32 = True
-        if algo == "auto" or not algo_ok(algo, g, self.dtype, backend.name):
-            algo, tile = parse_tactic(heuristic(g, self.dtype, allow_tf32, backend.name))
+        if algo == "auto" or not algo_ok(algo, g, self.dtype, backend.name, backend.arch):
+            algo, tile = parse_tactic(heuristic(g, self.dtype, allow_tf32, backend.name, backend.arch))
         bias = np.zeros(g.cout, np.float32) if b is None else np.asarray(b, np.float32).reshape(-1)
         if bias.size != g.cout:
             raise ValueError(f"bias must have {g.cout} elements, got {bias.size}")

@@ -8,8 +8,8 @@ import importlib
 from types import ModuleType
 
 # Order is the order `onnx-fuse kernels list` prints.
-FAMILY_NAMES: tuple[str, ...] = ("conv", "conv_mma", "conv_depthwise", "conv_winograd", "batchnorm", "leaky_relu",
-                                  "group_norm", "attention")
+FAMILY_NAMES: tuple[str, ...] = ("conv", "conv_mma", "conv_wgmma", "conv_depthwise", "conv_winograd", "batchnorm",
+                                  "leaky_relu", "group_norm", "attention")
 
 
 def get_family(name: str) -> ModuleType:

@@ -84,6 +84,8 @@ def launch(be, xs, ws, attrs, dtype, tactic, act="LeakyRelu", residual=False, re
     w = (rng.standard_normal(ws) / np.sqrt(np.prod(ws[1:]))).astype(dtype)
     b = rng.standard_normal(ws[0]).astype(np.float32)
     kw = {"alpha": 0.2, "beta": 0.4, "clip_min": -0.5, "clip_max": 0.75}
+    if tactic.startswith("wgmma") and be.arch != "sm_90":
+        pytest.skip("wgmma_tf32 runs on sm_90 only")
     r = conv.Runner(be, xs, dtype, w, b, residual=residual, residual_after=residual_after, activation=act,
                     tactic=tactic, allow_tf32=True, splits=splits, **kw, **attrs)
     assert r.tactic == tactic, (r.tactic, tactic)
@@ -118,7 +120,7 @@ def rel_l2(got, want) -> float:
 
 
 def tol_for(tactic: str, dtype) -> float:
-    return TF32_TOL if tactic.startswith("mma_tf32") else TOL[dtype]
+    return TF32_TOL if tactic.startswith(conv.TF32_ALGOS) else TOL[dtype]
 
 
 ALL = [(c, dt, t) for c in CASES + DW_CASES for dt in (np.float32, np.float16) for t in tactics_for(*c, dt)]
@@ -136,7 +138,7 @@ def test_tactic_matches_reference(be, case, dtype, tactic) -> None:
 
 
 ACT_TACTICS = ["igemm_64x64", "mma_tf32_64x64", "mma_tf32_ms_64x64", "mma_tf32_ms_128x128", "mma_f16_64x64",
-               "winograd", "depthwise"]
+               "wgmma_tf32_128x128", "wgmma_tf32_64x64", "winograd", "depthwise"]
 
 
 @pytest.mark.parametrize("act", ACTIVATIONS)
@@ -155,7 +157,8 @@ def test_activations_and_residual(be, act, tactic, after) -> None:
 
 
 @pytest.mark.parametrize("tactic", ["igemm_32x32", "mma_tf32_64x64", "mma_tf32_ms_64x32", "mma_tf32_ms_1x1",
-                                    "mma_f16_128x128", "winograd", "depthwise"])
+                                    "wgmma_tf32_64x128", "wgmma_tf32_1x1", "mma_f16_128x128", "winograd",
+                                    "depthwise"])
 @pytest.mark.parametrize("offs", [(1, 1), (0, 1), (1, 0)], ids=["both+1", "out+1", "in+1"])
 def test_misaligned_pointers(be, tactic, offs) -> None:
     dtype = np.float16 if tactic.startswith("mma_f16") else np.float32
@@ -163,6 +166,8 @@ def test_misaligned_pointers(be, tactic, offs) -> None:
         case = ((1, 8, 9, 12), (8, 1, 3, 3), {"group": 8, "pads": [1, 1, 1, 1]})
     elif tactic == "mma_tf32_ms_1x1":   # a misaligned input turns the 16-byte pointwise gather off
         tactic, case = "mma_tf32_ms_64x64", ((2, 16, 6, 8), (24, 16, 1, 1), {})
+    elif tactic == "wgmma_tf32_1x1":
+        tactic, case = "wgmma_tf32_128x64", ((2, 40, 6, 8), (24, 40, 1, 1), {})
     else:
         case = ((1, 8, 9, 12), (16, 8, 3, 3), {"pads": [1, 1, 1, 1]})
     got, want = launch(be, *case, dtype, tactic, residual=True, seed=seed_of(tactic, offs), x_off=offs[0],
@@ -171,7 +176,8 @@ def test_misaligned_pointers(be, tactic, offs) -> None:
 
 
 @pytest.mark.parametrize("tactic", ["igemm_64x64", "igemm_128x128", "mma_tf32_64x64", "mma_tf32_ms_64x64",
-                                    "mma_tf32_ms_128x128", "mma_f16_128x128"])
+                                    "mma_tf32_ms_128x128", "mma_f16_128x128", "wgmma_tf32_128x128",
+                                    "wgmma_tf32_64x64"])
 @pytest.mark.parametrize("splits", [2, 3, 7])
 @pytest.mark.parametrize("after", [False, True], ids=["res-before", "res-after"])
 def test_split_k(be, tactic, splits, after) -> None:
@@ -198,3 +204,61 @@ def test_repeatable(be) -> None:
     case = ((2, 32, 20, 20), (64, 32, 3, 3), {"pads": [1, 1, 1, 1]})
     outs = [launch(be, *case, np.float32, "winograd", seed=5)[0] for _ in range(2)]
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+# ---- wgmma_tf32 (Hopper warpgroup MMA, sm_90 only): every case and tile, random shapes -------------------------
+WG_TACTICS = [conv.tactic_name("wgmma_tf32", t) for t in conv.TILES["wgmma_tf32"]]
+WG_ALL = [(c, t) for c in CASES for t in WG_TACTICS]
+
+
+@pytest.mark.parametrize("case,tactic", WG_ALL,
+                         ids=[f"{'x'.join(map(str, c[0]))}-{'x'.join(map(str, c[1]))}-{t}" for c, t in WG_ALL])
+def test_wgmma_matches_reference(be, case, tactic) -> None:
+    xs, ws, attrs = case
+    residual = seed_of(case, "res") % 2 == 0
+    got, want = launch(be, xs, ws, attrs, np.float32, tactic, residual=residual, seed=seed_of(case, tactic))
+    assert rel_l2(got, want) <= TF32_TOL
+
+
+def _random_case(i: int):
+    """Seeded random 2-D conv: odd sizes, kernels 1/3/5/7 (and non-square), strides, asymmetric pads, dilation,
+    groups, channel counts that do and do not fill the 32-k stages."""
+    rng = np.random.default_rng(1000 + i)
+    kh = int(rng.choice([1, 3, 5, 7]))
+    kw = kh if rng.random() < 0.8 else int(rng.choice([1, 3, 5]))
+    group = int(rng.choice([1, 1, 1, 2, 3]))
+    cg = int(rng.choice([1, 3, 8, 17, 32, 64, 96]))
+    mg = int(rng.choice([5, 16, 40, 64, 100, 130]))
+    n = int(rng.integers(1, 4))
+    h, w = int(rng.integers(kh, 30)), int(rng.integers(kw, 30))
+    s = [int(rng.integers(1, 3)), int(rng.integers(1, 3))]
+    d = [int(rng.integers(1, 3)) if kh > 1 else 1, int(rng.integers(1, 3)) if kw > 1 else 1]
+    pads = [int(rng.integers(0, kh)), int(rng.integers(0, kw)), int(rng.integers(0, kh)), int(rng.integers(0, kw))]
+    h = max(h, (kh - 1) * d[0] + 1)
+    w = max(w, (kw - 1) * d[1] + 1)
+    return ((n, cg * group, h, w), (mg * group, cg, kh, kw),
+            {"group": group, "strides": s, "pads": pads, "dilations": d})
+
+
+RANDOM = [(i, t) for i in range(16) for t in (WG_TACTICS[i % len(WG_TACTICS)],)]
+
+
+@pytest.mark.parametrize("i,tactic", RANDOM, ids=[f"rand{i}-{t}" for i, t in RANDOM])
+def test_wgmma_random_shapes(be, i, tactic) -> None:
+    xs, ws, attrs = _random_case(i)
+    act = ACTIVATIONS[i % len(ACTIVATIONS)]
+    residual = i % 3 != 0
+    got, want = launch(be, xs, ws, attrs, np.float32, tactic, act=act, residual=residual, residual_after=i % 2 == 1,
+                       seed=seed_of("rand", i))
+    assert rel_l2(got, want) <= TF32_TOL * (2 if act in ("Sigmoid", "SiLU", "Tanh") else 1)
+
+
+def test_wgmma_only_on_sm90(be) -> None:
+    """algo_ok offers wgmma_tf32 on NVIDIA sm_90 only; anywhere else a pinned wgmma tactic runs the heuristic's."""
+    g = conv.geometry((1, 64, 16, 16), (64, 64, 3, 3), pads=[1] * 4)
+    assert conv.algo_ok("wgmma_tf32", g, np.float32, "cuda", "sm_90")
+    assert not conv.algo_ok("wgmma_tf32", g, np.float32, "cuda", "sm_80")
+    assert not conv.algo_ok("wgmma_tf32", g, np.float16, "cuda", "sm_90")
+    r = conv.Runner(be, (1, 64, 16, 16), np.float32, np.ones((64, 64, 3, 3), np.float32), tactic="wgmma_tf32",
+                    pads=[1] * 4)
+    assert r.tactic.startswith("wgmma_tf32") == (be.arch == "sm_90")
