@@ -512,7 +512,7 @@ def plan_static_views(nodes: list[onnx.NodeProto], inits: dict, graph_outputs: s
         """The view through the whole chain: (source, offset, strides)."""
         src = chain[-1][0].input[0]
         shape = _static(dims.get(src))
-        if shape is None:
+        if shape is None or src in inits:  # a constant operand is the runner's, not a runtime value
             return None
         layout, offset = _contiguous(shape), 0
         for p, y in reversed(chain):
