@@ -15,7 +15,7 @@ SNR in dB and relative L2 against a float64 reference computed on the GPU (torch
 and for cuDNN.
 
 Usage: python bench/bench_conv.py [--out DIR] [--quick] [--tactics] [--tf32-only] [--tf32-tactics T,..]
-       [--ms-variants TILE:WGM,WGN,S,MINB,BK;..] [--cases NAME,..]
+       [--ms-variants TILE:WGM,WGN,S,MINB,BK;..] [--wg-variants TILE:NWG,S,MINB,PIPE;..] [--cases NAME,..]
 (--tactics: time every tactic; --tf32-only: only cuDNN TF32 and our TF32 tactics; --ms-variants
 128x128:2,4,4,2,16: also time the multistage kernel of that tile built with another configuration (warps along
 M and N, pipeline stages, blocks per SM for __launch_bounds__, k per stage; see conv_mma.MS_TILES), reported
@@ -37,7 +37,7 @@ import timing
 import torch
 import torch.nn.functional as F
 
-from fuser.kernels import conv, conv_mma
+from fuser.kernels import conv, conv_mma, conv_wgmma
 from fuser.kernels.backend import select_backend
 
 PROBLEMS = [  # name, N, Cin, H, W, Cout, K (seed report table 1)
@@ -50,6 +50,16 @@ PROBLEMS = [  # name, N, Cin, H, W, Cout, K (seed report table 1)
     ("very_wide_pointwise", 1, 128, 32, 320, 256, 1),
     ("1x1_heavy_channels", 1, 512, 16, 16, 512, 1),
     ("5x5_kernel", 1, 32, 64, 64, 64, 5),
+]
+# Darknet-53 / CSPDarknet-53 shapes at batch 8 (256x256 input): 3x3 and 1x1 TF32 convs at 8-32 spatial with
+# 128-1024 channels, what the end-to-end TF32 runs spend most time in (--extra)
+EXTRA = [
+    ("dn_3x3_32", 8, 128, 32, 32, 256, 3),
+    ("dn_1x1_32", 8, 256, 32, 32, 128, 1),
+    ("dn_3x3_16", 8, 256, 16, 16, 512, 3),
+    ("dn_1x1_16", 8, 512, 16, 16, 256, 1),
+    ("dn_3x3_8", 8, 512, 8, 8, 1024, 3),
+    ("dn_1x1_8", 8, 1024, 8, 8, 512, 1),
 ]
 ALPHA = 0.1
 
@@ -116,6 +126,10 @@ def run_problem(be, name, n, c, h, w, m, k, dtype, args, l2: int) -> dict:
             if args.tactics:
                 tf32_cands += [t for t in conv.candidate_tactics(geom, dtype, True, be.name, be.arch)
                                if t.startswith(conv.TF32_ALGOS)]
+        auto_tf32 = conv.heuristic(geom, dtype, True, be.name, be.arch)   # the TF32 default (tactic without tile)
+        if auto_tf32 not in tf32_cands:
+            tf32_cands.insert(0, auto_tf32)
+        row["auto_tf32"] = auto_tf32
         if args.tf32_only:
             cands = []
     else:
@@ -128,19 +142,27 @@ def run_problem(be, name, n, c, h, w, m, k, dtype, args, l2: int) -> dict:
         for v in filter(None, (args.ms_variants or "").split(";")):
             tile, _, cfg = v.partition(":")
             variants.append((f"{conv_mma.MS_ALGO}_{tile}", tuple(int(c) for c in cfg.split(","))))
+        if be.arch == "sm_90":
+            for v in filter(None, (args.wg_variants or "").split(";")):
+                tile, _, cfg = v.partition(":")
+                variants.append((f"{conv_wgmma.ALGO}_{tile}", tuple(int(c) for c in cfg.split(","))))
     for i, (t, cfg) in enumerate(variants):
         saved = None
+        table = conv_wgmma.WG_TILES if t.startswith(conv_wgmma.ALGO) else conv_mma.MS_TILES
         if cfg is not None:   # another configuration: another source, so another module
             tile = conv.parse_tactic(t)[1]
-            saved = conv_mma.MS_TILES[tile]
-            conv_mma.MS_TILES[tile] = cfg
+            saved = table[tile]
+            table[tile] = cfg
         try:
             r = conv.Runner(be, (n, c, h, w), dtype, wnp, bnp, activation="LeakyRelu", alpha=ALPHA, tactic=t,
                             allow_tf32=t.startswith(conv.TF32_ALGOS), pads=[pad] * 4)
         finally:
             if saved is not None:
-                conv_mma.MS_TILES[tile] = saved
-        name_t = r.tactic + (f"@w{cfg[0]}x{cfg[1]}s{cfg[2]}k{cfg[4]}" if cfg is not None else "")
+                table[tile] = saved
+        if cfg is not None and table is conv_wgmma.WG_TILES:
+            name_t = r.tactic + f"@g{cfg[0]}s{cfg[1]}b{cfg[2]}p{cfg[3]}"
+        else:
+            name_t = r.tactic + (f"@w{cfg[0]}x{cfg[1]}s{cfg[2]}k{cfg[4]}" if cfg is not None else "")
         if name_t in ours:
             ours[name_t]["req"].append(t)
             continue
@@ -178,6 +200,9 @@ def main() -> int:
     ap.add_argument("--tf32-tactics", default="", help="comma-separated TF32 tactics to time (default: "
                     "mma_tf32,mma_tf32_ms, plus every TF32 tile with --tactics)")
     ap.add_argument("--ms-variants", default="", help="TILE:WGM,WGN,S,MINB,BK;... other mma_tf32_ms builds")
+    ap.add_argument("--wg-variants", default="", help="TILE:NWG,S,MINB,PIPE;... other wgmma_tf32 builds "
+                    "(conv_wgmma.WG_TILES), reported as <tactic>@g<NWG>s<S>b<MINB>p<PIPE>")
+    ap.add_argument("--extra", action="store_true", help="also the Darknet-53 batch-8 shapes (EXTRA)")
     ap.add_argument("--cases", default="", help="comma-separated problem names (default: all)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -189,6 +214,8 @@ def main() -> int:
     print(json.dumps(meta), flush=True)
     rows = []
     probs = PROBLEMS[:3] if args.quick else PROBLEMS
+    if args.extra:
+        probs = probs + EXTRA
     if args.cases:
         probs = [p for p in probs if p[0] in args.cases.split(",")]
     t0 = time.time()
@@ -220,8 +247,9 @@ def main() -> int:
     if tf_rows:
         print("\nTF32 (ms): register kernel / multistage / warpgroup MMA (launch rule tiles) / fastest TF32 tactic")
         print("| case | cuDNN TF32 | mma_tf32 (tile) | mma_tf32_ms (tile) | wgmma_tf32 (tile) | wgmma / cuDNN "
-              "| fastest (tactic) | fastest / cuDNN | rel-L2 ours / cuDNN |")
-        print("|---|---|---|---|---|---|---|---|---|")
+              "| default TF32 (heuristic) | default / cuDNN | fastest (tactic) | fastest / cuDNN "
+              "| rel-L2 ours / cuDNN |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in tf_rows:
             def by_req(req: str, r=r) -> str:
                 hit = [(k, v) for k, v in r["ours"].items() if req in v["req"]]
@@ -229,8 +257,11 @@ def main() -> int:
             b = r["ours"][r["best_tf32"]]
             wg = [v for v in r["ours"].values() if "wgmma_tf32" in v["req"]]
             wgr = f"{wg[0]['ms'] / r['cudnn_tf32']:.2f}" if wg else "-"
+            au = [v for v in r["ours"].values() if r.get("auto_tf32") in v["req"]]
+            aur = f"{au[0]['ms'] / r['cudnn_tf32']:.2f}" if au else "-"
             print(f"| {r['case']} | {r['cudnn_tf32']:.4f} | {by_req('mma_tf32')} | {by_req('mma_tf32_ms')} | "
-                  f"{by_req('wgmma_tf32')} | {wgr} | {b['ms']:.4f} ({r['best_tf32']}) | "
+                  f"{by_req('wgmma_tf32')} | {wgr} | {by_req(r.get('auto_tf32', ''))} | {aur} | "
+                  f"{b['ms']:.4f} ({r['best_tf32']}) | "
                   f"{b['ms'] / r['cudnn_tf32']:.2f} | "
                   f"{b['rel']:.2e} / {r['cudnn_rel_tf32']:.2e} |")
     return 0

@@ -11,7 +11,7 @@ OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 TESTS=1
 if [ "${1:-}" = "--no-tests" ]; then TESTS=0; shift; fi
 cd "$REPO"
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/proj . 2>&1 | tail -2
+rm -rf /tmp/proj; python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/proj . 2>&1 | tail -2
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>&1 | tail -2
 export PYTHONPATH=/tmp/proj:/tmp/site ONNX_FUSE_CACHE_DIR=/tmp/onnx-fuse-cache
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader | tee "$OUT/device.txt"

@@ -169,7 +169,7 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
             for rec in res.fusions:
                 if rec.fused_node in tactics:
                     rec.tactic = tactics[rec.fused_node]
-        if rtol is None and any(t.startswith(("mma_tf32", "flash_tf32")) for t in tactics.values()):
+        if rtol is None and any(t.startswith(("mma_tf32", "wgmma_tf32", "flash_tf32")) for t in tactics.values()):
             rtol = TF32_RTOL
 
         result = OptimizeResult(

@@ -93,7 +93,7 @@ def _set_tactic(node: onnx.NodeProto, tactic: str) -> None:
     node.attribute.append(helper.make_attribute("tactic", tactic))
 
 
-def heuristic_tactic(info: ConvNodeInfo, allow_tf32: bool = False, backend_name: str = "cuda") -> str:
+def heuristic_tactic(info: ConvNodeInfo, allow_tf32: bool = False, backend_name: str = "cuda", arch: str = "") -> str:
     from .kernels import conv
 
     if len(info.w_shape) not in (3, 4):
@@ -105,7 +105,7 @@ def heuristic_tactic(info: ConvNodeInfo, allow_tf32: bool = False, backend_name:
         g = conv.geometry(x_shape, info.w_shape, **{k: info.attrs[k] for k in _CONV_ATTRS if k in info.attrs})
     except conv.Unsupported:
         return conv.LIBRARY
-    return conv.heuristic(g, info.dtype, allow_tf32, backend_name)
+    return conv.heuristic(g, info.dtype, allow_tf32, backend_name, arch)
 
 
 def assign_tactics(model: onnx.ModelProto, allow_tf32: bool = False, backend_name: str = "cuda") -> dict[str, str]:
@@ -348,7 +348,7 @@ def tune_tactics(model: onnx.ModelProto, allow_tf32: bool = False, device: str =
     infos = conv_nodes(model, batch)
     rng = np.random.default_rng(0)
     for info in infos:
-        info.tactic = heuristic_tactic(info, allow_tf32, backend.name)
+        info.tactic = heuristic_tactic(info, allow_tf32, backend.name, backend.arch)
         if info.x_shape is None:
             info.note = "input shape not static: heuristic"
             _set_tactic(info.node, info.tactic)
@@ -368,7 +368,7 @@ def tune_tactics(model: onnx.ModelProto, allow_tf32: bool = False, device: str =
         xb = backend.upload(xh)
         yb = backend.upload(np.zeros(g.output_shape, info.dtype))
         rb = backend.upload(rng.standard_normal(g.output_shape).astype(info.dtype)) if info.residual else None
-        for cand in conv.candidate_tactics(g, info.dtype, allow_tf32, backend.name):
+        for cand in conv.candidate_tactics(g, info.dtype, allow_tf32, backend.name, backend.arch):
             try:
                 if cand == conv.LIBRARY:
                     ms = lib.time(model, info, g, xb.ptr, rb.ptr if rb else 0, yb.ptr, sync)

@@ -242,7 +242,9 @@ _TILE_EFF = {"igemm": {(128, 128): 1.0, (64, 128): 0.9, (64, 64): 0.7, (32, 64):
              # mma_tf32_ms: fitted to the H200 TF32 run (BENCHMARKS.md): 128x128 for the problems that fill the
              # GPU, 64x32 below that; 64x128 (four warps in a row) was never the fastest
              "mma_tf32_ms": {(128, 128): 1.0, (128, 64): 0.5, (64, 128): 0.4, (64, 64): 0.5, (64, 32): 0.9},
-             "wgmma_tf32": {(128, 128): 1.0, (64, 128): 0.8, (128, 64): 0.8, (64, 64): 0.6}}
+             # wgmma_tf32: fitted to the H200 run of 2026-11-21 (bench_conv.py --extra: 15 problems; with its split-K
+             # cost, _SPLIT_COST, the rule's tile is within 5% of the fastest on each)
+             "wgmma_tf32": {(128, 128): 1.0, (64, 128): 0.95, (128, 64): 0.68, (64, 64): 0.8}}
 
 
 def parse_tactic(tactic: str) -> tuple[str, tuple[int, int] | None]:
@@ -313,6 +315,9 @@ _GEMM_BPS = {"mma_tf32_ms": {(128, 128): 2, (128, 64): 3, (64, 128): 3, (64, 64)
 _MS_BK32 = ((64, 64), (64, 32))   # conv_mma.MS_TILES' k per stage (conv_mma imports this module)
 
 
+_SPLIT_COST = {"wgmma_tf32": 16}
+
+
 def tile_cost(algo: str, tile: tuple[int, int], g: ConvGeometry, num_sms: int = 132) -> float:
     """Relative time of a GEMM tactic's tile (split-K included): waves of resident blocks x block work /
     tile efficiency, plus the split-K reduction. Only compared between tiles of one node."""
@@ -326,8 +331,8 @@ def tile_cost(algo: str, tile: tuple[int, int], g: ConvGeometry, num_sms: int = 
     waves = ceil_div(blocks * ceil_div(ktiles, kt_per), num_sms * bps)
     # a block's work is its k *elements* (a 32-k stage does twice a 16-k stage's), not its stage count
     t = waves * bps * bm * bn * kt_per * bk / _GEMM_BK[algo] / _TILE_EFF[algo][tile]
-    if splits > 1:
-        t += waves * bps * bm * bn * 2
+    if splits > 1:   # the reduction (wgmma_tf32: its splits measured costlier on the H200, 2026-11-21 run 2)
+        t += waves * bps * bm * bn * _SPLIT_COST.get(algo, 2)
     return t
 
 
@@ -336,11 +341,22 @@ def pick_tile(algo: str, g: ConvGeometry, num_sms: int = 132) -> tuple[int, int]
     return min(TILES[algo], key=lambda t: tile_cost(algo, t, g, num_sms))
 
 
+def wgmma_preferred(g: ConvGeometry, arch: str) -> bool:
+    """``wgmma_tf32`` over ``mma_tf32_ms`` (sm_90, TF32 allowed): where its 64x64 tiles alone make >= 192 blocks, or
+    >= 96 blocks with K >= 2048, and K >= 128. Fitted to the H200 run of 2026-11-21 (bench_conv.py --extra, 15
+    problems: it sorts all 15 the way the measurements do; wgmma's smallest tile is 64 pixels x 64 channels, so
+    mma_tf32_ms's 64x32 tiles and split-K keep the small problems, and tiny K is untested)."""
+    if arch != "sm_90" or g.k < 128:
+        return False
+    blocks = ceil_div(g.npix, 64) * ceil_div(g.mg, 64) * g.group
+    return blocks >= 192 or (blocks >= 96 and g.k >= 2048)
+
+
 def heuristic(g: ConvGeometry, dtype, allow_tf32: bool = False, backend_name: str = "cuda", arch: str = "") -> str:
     """The tactic without tuning (documented in README): depthwise kernel for depthwise convs; on
     NVIDIA, FP16 tensor cores for fp16 tensors and TF32 tensor cores for fp32 only with ``allow_tf32``
     (the multistage ``mma_tf32_ms``: at launch-rule tiles faster than ``mma_tf32`` on all nine problems of
-    BENCHMARKS.md);
+    BENCHMARKS.md; on sm_90 the warpgroup-MMA ``wgmma_tf32`` where :func:`wgmma_preferred`);
     Winograd F(2x2,3x3) for 3x3 stride-1 convs with at least 48 blocks of work (it was the fastest
     fp32 tactic on every 3x3 problem of BENCHMARKS.md); else SIMT implicit GEMM. The tile (and split-K)
     is left to the launch rule."""
@@ -351,7 +367,7 @@ def heuristic(g: ConvGeometry, dtype, allow_tf32: bool = False, backend_name: st
         if dt == np.float16:
             return "mma_f16"
         if allow_tf32:
-            return "mma_tf32_ms"
+            return "wgmma_tf32" if wgmma_preferred(g, arch) else "mma_tf32_ms"
     if g.winograd_ok and ceil_div(g.n * ceil_div(g.oh, 2) * ceil_div(g.ow, 2), 32) * ceil_div(g.cout, 32) >= 48:
         return "winograd"
     return "igemm"

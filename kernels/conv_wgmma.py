@@ -88,7 +88,12 @@ FUSER_INLINE fuser_u64 fuser_cwg_desc(fuser_u32 addr) {
 // Block tile: BN output channels x BM = 64 NWG pixels; NWG warpgroups, each 64 pixel rows x BN channels.
 // Shared memory (dynamic, aligned up to 1024 bytes here): S weight tiles [BN][32] (128-byte swizzle), then S
 // im2col tiles [32][BM + 8] words; the epilogue reuses it as [BN][BM + 4] words.
-template <int BN, int NWG, int STAGES>
+// PIPE = 0: per stage, wait for its copies, barrier, issue the copies of stage + S - 1, load the A fragments, run the
+// wgmmas and wait for them. PIPE = 1: the wgmmas of a stage are issued first and run while the warpgroup waits for the
+// next stage's copies, passes the barrier and issues the copies S - 1 stages ahead (ptxas serialises wgmmas when
+// their input registers, the A fragments and descriptors, are written while any wgmma is in flight, so the next
+// fragments load only after the wait).
+template <int BN, int NWG, int STAGES, int PIPE>
 FUSER_INLINE void fuser_conv_wgmma(FUSER_CONV_GEMM_PARAMS(float, float)) {
     constexpr int S = STAGES, THR = 128 * NWG, BM = 64 * NWG, BK = 32;
     constexpr int LDA = BM + 8, LDC = BM + 4;
@@ -194,7 +199,41 @@ FUSER_INLINE void fuser_conv_wgmma(FUSER_CONV_GEMM_PARAMS(float, float)) {
     const int aoff = S * BW + tq * LDA + (warp >> 2) * 64 + (warp & 3) * 16 + gq;
     const fuser_u64 db0 = fuser_cwg_desc(ss);
     int rs = 0, ws_ = S - 1;
-    for (int kt = kt0; kt < kt1; ++kt) {
+    static_assert(!PIPE || S >= 3, "PIPE needs 3 stages: the copies of stage kt + 1 are waited for inside stage kt");
+    if (PIPE) {
+        fuser_ms_wait<S - 2>();      // stage kt0 landed
+        fuser_cwg_proxy_fence();
+        __syncthreads();
+        for (int kt = kt0; kt < kt1; ++kt) {
+            const fuser_u32* ap = sm + aoff + rs * AW;
+            fuser_u32 a[BK / 8][4];
+#pragma unroll
+            for (int ks = 0; ks < BK / 8; ++ks) {
+                a[ks][0] = ap[(ks * 8) * LDA] + 0x1000u;
+                a[ks][1] = ap[(ks * 8) * LDA + 8] + 0x1000u;
+                a[ks][2] = ap[(ks * 8 + 4) * LDA] + 0x1000u;
+                a[ks][3] = ap[(ks * 8 + 4) * LDA + 8] + 0x1000u;
+            }
+            const fuser_u64 db = db0 + (fuser_u64)((rs * BW * 4) >> 4);
+            fuser_cwg_keep(acc);
+            fuser_cwg_fence();
+#pragma unroll
+            for (int ks = 0; ks < BK / 8; ++ks) fuser_cwg_mma(acc, a[ks], db + (fuser_u64)(2 * ks));
+            fuser_cwg_commit();
+            // while they run: stage kt + 1 landed (S - 3 groups may stay in flight), everyone is past stage kt - 1's
+            // wgmmas (each waited for them before issuing stage kt's), refill its stage with tile kt + S - 1
+            fuser_ms_wait<(S >= 3 ? S - 3 : 0)>();
+            fuser_cwg_proxy_fence();
+            __syncthreads();
+            if (kt + S - 1 < kt1) load(ws_, kt + S - 1);
+            fuser_ms_commit();
+            fuser_cwg_wait<0>();
+            fuser_cwg_keep(acc);
+            rs = rs + 1 == S ? 0 : rs + 1;
+            ws_ = ws_ + 1 == S ? 0 : ws_ + 1;
+        }
+    }
+    for (int kt = kt0; !PIPE && kt < kt1; ++kt) {
         fuser_ms_wait<S - 2>();      // this thread's copies of stage rs have landed
         fuser_cwg_proxy_fence();     // ... and are visible to the async proxy (wgmma's weight reads)
         __syncthreads();             // everyone's; and every warpgroup is done with the stage refilled next
@@ -268,23 +307,24 @@ FUSER_INLINE void fuser_conv_wgmma(FUSER_CONV_GEMM_PARAMS(float, float)) {
     }
 }
 
-#define FUSER_CWG_ENTRY(NAME, BN, NWG, STAGES, MINB)                                                    \
+#define FUSER_CWG_ENTRY(NAME, BN, NWG, STAGES, MINB, PIPE)                                              \
     FUSER_GLOBAL void __launch_bounds__(128 * NWG, MINB) NAME(FUSER_CONV_GEMM_PARAMS(float, float)) {      \
-        fuser_conv_wgmma<BN, NWG, STAGES>(FUSER_CONV_GEMM_ARGS);                                         \
+        fuser_conv_wgmma<BN, NWG, STAGES, PIPE>(FUSER_CONV_GEMM_ARGS);                                   \
     }
 #elif defined(FUSER_CUDA)
 // not an sm_90a compile: wgmma does not exist here; algo_ok never offers these entries
-#define FUSER_CWG_ENTRY(NAME, BN, NWG, STAGES, MINB)                                                    \
+#define FUSER_CWG_ENTRY(NAME, BN, NWG, STAGES, MINB, PIPE)                                              \
     FUSER_GLOBAL void NAME(FUSER_CONV_GEMM_PARAMS(float, float)) { asm volatile("trap;"); }
 #else
-#define FUSER_CWG_ENTRY(NAME, BN, NWG, STAGES, MINB)                                                    \
+#define FUSER_CWG_ENTRY(NAME, BN, NWG, STAGES, MINB, PIPE)                                              \
     FUSER_GLOBAL void NAME(FUSER_CONV_GEMM_PARAMS(float, float)) {}
 #endif
 """
 
-# (channels BN, pixels BM) -> (warpgroups, pipeline stages, blocks per SM for __launch_bounds__)
-WG_TILES: dict[tuple[int, int], tuple[int, int, int]] = {
-    (128, 128): (2, 3, 2), (64, 128): (2, 4, 2), (128, 64): (1, 4, 2), (64, 64): (1, 4, 3)}
+# (channels BN, pixels BM) -> (warpgroups, pipeline stages, blocks per SM for __launch_bounds__, wgmmas kept in
+# flight across stages: PIPE of the kernel)
+WG_TILES: dict[tuple[int, int], tuple[int, int, int, int]] = {
+    (128, 128): (2, 3, 2, 1), (64, 128): (2, 4, 2, 1), (128, 64): (1, 4, 2, 1), (64, 64): (1, 4, 3, 1)}
 BK = 32
 
 
@@ -303,8 +343,8 @@ def smem_bytes(tile: tuple[int, int]) -> int:
 
 
 def _entry_line(tile: tuple[int, int]) -> str:
-    nwg, stages, minb = WG_TILES[tile]
-    return f"FUSER_CWG_ENTRY({wg_entry(tile)}, {tile[0]}, {nwg}, {stages}, {minb})\n"
+    nwg, stages, minb, pipe = WG_TILES[tile]
+    return f"FUSER_CWG_ENTRY({wg_entry(tile)}, {tile[0]}, {nwg}, {stages}, {minb}, {pipe})\n"
 
 
 _BASE = COMMON_SOURCE + conv_mma._MMA_SOURCE + conv_mma._MS_SOURCE + _WG_SOURCE

@@ -23,7 +23,7 @@ from fuser.kernels import conv
 from .kernels import emu
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-KNOWN = {"library", "igemm", "mma_tf32", "mma_tf32_ms", "mma_f16", "depthwise", "winograd"}
+KNOWN = {"library", "igemm", "mma_tf32", "mma_tf32_ms", "wgmma_tf32", "mma_f16", "depthwise", "winograd"}
 
 
 def _tactics(model: onnx.ModelProto) -> dict[str, str]:
