@@ -141,6 +141,17 @@ def _target(rs: onnx.NodeProto, producer: dict, inits: dict, dims: dict, tail: i
     return [0, 0, *(p[0] for p in parts)]
 
 
+def _edges(nodes: list[onnx.NodeProto]) -> tuple[dict[str, onnx.NodeProto], dict[str, list[onnx.NodeProto]]]:
+    """Each value's producing node and its consuming nodes."""
+    producer = {o: n for n in nodes for o in n.output if o}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in nodes:
+        for x in n.input:
+            if x:
+                consumers.setdefault(x, []).append(n)
+    return producer, consumers
+
+
 def plan_views(nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto], graph_outputs: set[str],
                is_attention, dims: dict | None = None) -> tuple[dict[str, NodeViews], set[str]]:
     """Views per attention node (by name) and the names of the nodes they make unnecessary. ``is_attention(node)``:
@@ -149,12 +160,7 @@ def plan_views(nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto], 
     names = [n.name for n in nodes]
     if not all(names) or len(set(names)) != len(names):
         return {}, set()  # views are keyed by node name: only a model with unique names (every fused model) gets them
-    producer = {o: n for n in nodes for o in n.output if o}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in nodes:
-        for x in n.input:
-            if x:
-                consumers.setdefault(x, []).append(n)
+    producer, consumers = _edges(nodes)
 
     def only_use(value: str, user: onnx.NodeProto) -> bool:
         us = consumers.get(value, [])
@@ -482,12 +488,7 @@ def plan_static_views(nodes: list[onnx.NodeProto], inits: dict, graph_outputs: s
     """Views through any chain of layout ops (static shapes only) for the attention operands and outputs
     :func:`plan_views`' fixed chains left unviewed; adds them to ``planned`` and returns the nodes they make
     unnecessary (none of ``taken``)."""
-    producer = {o: n for n in nodes for o in n.output if o}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in nodes:
-        for x in n.input:
-            if x:
-                consumers.setdefault(x, []).append(n)
+    producer, consumers = _edges(nodes)
 
     def layout_node(n: onnx.NodeProto | None) -> bool:
         return n is not None and n.op_type in _CHAIN_OPS and n.domain in ("", "ai.onnx") and n.name not in taken
