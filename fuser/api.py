@@ -161,7 +161,7 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
             from .tune import assign_attention_tactics, assign_tactics, tune_tactics
 
             t_tune = time.perf_counter()
-            tactics = assign_tactics(res.model, allow_tf32)
+            tactics = assign_tactics(res.model, allow_tf32, *_tf32_target(device) if allow_tf32 else ("cuda", ""))
             if tune:
                 tactics = {i.node.name: i.tactic for i in tune_tactics(res.model, allow_tf32, device)}
                 timings["tune"] = time.perf_counter() - t_tune
@@ -229,3 +229,17 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve() or (b.exists() and os.path.samefile(a, b))
     except OSError:
         return False
+
+
+def _tf32_target(device: str) -> tuple[str, str]:
+    """(backend name, arch) of the GPU this run fuses on, for the TF32 conv heuristic (Hopper has a tactic of its
+    own); ("cuda", "") where there is none: the tactics then suit every NVIDIA GPU."""
+    if device == "cpu":
+        return "cuda", ""
+    from .kernels.backend import select_backend
+
+    try:
+        backend = select_backend(device)
+    except Exception:  # noqa: BLE001 - no usable GPU: fuse for any
+        return "cuda", ""
+    return (backend.name, backend.arch) if backend.is_device else ("cuda", "")

@@ -108,11 +108,13 @@ def heuristic_tactic(info: ConvNodeInfo, allow_tf32: bool = False, backend_name:
     return conv.heuristic(g, info.dtype, allow_tf32, backend_name, arch)
 
 
-def assign_tactics(model: onnx.ModelProto, allow_tf32: bool = False, backend_name: str = "cuda") -> dict[str, str]:
-    """Give every fused conv node its heuristic tactic (in place); returns {node name: tactic}."""
+def assign_tactics(model: onnx.ModelProto, allow_tf32: bool = False, backend_name: str = "cuda",
+                   arch: str = "") -> dict[str, str]:
+    """Give every fused conv node its heuristic tactic (in place); returns {node name: tactic}. ``arch``: the GPU
+    the model is fused on (``sm_90`` lets the heuristic pick the Hopper-only ``wgmma_tf32``); empty: none known."""
     chosen = {}
     for info in conv_nodes(model):
-        t = heuristic_tactic(info, allow_tf32, backend_name)
+        t = heuristic_tactic(info, allow_tf32, backend_name, arch)
         _set_tactic(info.node, t)
         chosen[info.node.name] = t
     return chosen

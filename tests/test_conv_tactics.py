@@ -83,6 +83,21 @@ def test_allow_tf32_picks_tf32_and_widens_tolerance() -> None:
     assert all(c.rtol == 1e-5 for c in plain.verification.checks)
 
 
+def test_allow_tf32_on_hopper_picks_wgmma(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --tune the heuristic knows the GPU it fuses on: on sm_90 the warpgroup-MMA tactic where it measured
+    faster (large_batch of the seed set), elsewhere mma_tf32_ms."""
+    import fuser.api as api
+
+    assert api._tf32_target("cpu") == ("cuda", "")
+    m = conv_model((8, 64, 128, 128), (128, 64, 3, 3), {"pads": [1, 1, 1, 1]}, residual=False)
+    monkeypatch.setattr(api, "_tf32_target", lambda device: ("cuda", "sm_90"))
+    res = optimize(m, None, device="cpu", allow_tf32=True, verify_result=False)
+    assert set(_tactics(res.model).values()) == {"wgmma_tf32"}
+    monkeypatch.setattr(api, "_tf32_target", lambda device: ("cuda", "sm_80"))
+    res = optimize(m, None, device="cpu", allow_tf32=True, verify_result=False)
+    assert set(_tactics(res.model).values()) == {"mma_tf32_ms"}
+
+
 def test_3d_and_unknown_shapes_get_library_or_heuristic() -> None:
     m = conv_model((1, 2, 4, 4, 4), (3, 2, 1, 1, 1), {}, residual=False, act="Relu")
     res = optimize(m, None, device="cpu")
