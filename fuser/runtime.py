@@ -333,10 +333,19 @@ class Session:
             os.close(fd)
             try:
                 Path(island_path).write_bytes(sub.SerializeToString())
-                return ort.InferenceSession(island_path, opts, providers=providers)
+                return ort.InferenceSession(island_path, opts, providers=providers,
+                                            disabled_optimizers=ISLAND_DISABLED_OPTIMIZERS)
             finally:
                 os.unlink(island_path)
-        return ort.InferenceSession(sub.SerializeToString(), opts, providers=providers)
+        return ort.InferenceSession(sub.SerializeToString(), opts, providers=providers,
+                                    disabled_optimizers=ISLAND_DISABLED_OPTIMIZERS)
+
+
+# onnxruntime rewrites an island does not get: MatMulAddFusion turns MatMul + bias Add into a Gemm, which on the
+# CUDA EP first writes the bias broadcast over the whole output and then reads it back as C (BroadcastBiasKernel:
+# 0.39 of 1.83 ms GPU time in BERT-base S128 TF32, bench/profile_e2e.py), and it runs before the fusions that would
+# take the bias for free (BiasGelu; SkipLayerNormalization's bias input)
+ISLAND_DISABLED_OPTIMIZERS = ["MatMulAddFusion"]
 
 
 def _apply_views(nodes: list[onnx.NodeProto], inits: dict, outputs: set[str], is_attention,

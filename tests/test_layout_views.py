@@ -308,3 +308,4 @@ def test_torch_mha_static_export_gets_views():
     assert not any(op in ("Gather", "Squeeze") for op in _plan_nodes(s))
     feeds = {"x": x.numpy()}
     compare(ort_outputs(m, feeds), s.run(None, feeds), 1e-5, "views")
+
