@@ -5,14 +5,16 @@
 # Usage (device tool, from the repo root, carry [".whl"]): bash bench/attention_session.sh [--quick] [--no-tests]
 # [--ncu | --ncu-fp32] (ncu on bench/profile_attention.py's kernels, after the benchmark; --ncu-fp32: its fp32 set)
 # [--tests-k EXPR] (pytest -k: a subset of the GPU tests) [--cases REGEX] (bench_attention.py --cases)
+# [--no-bench] [--trace] (profile_attention.py trace: flash_wgmma's block timeline, after the benchmark)
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
-QUICK=""; TESTS=1; NCU=0; NCU_SET=""; TESTS_K=(); CASES=()
+QUICK=""; TESTS=1; BENCH=1; TRACE=0; NCU=0; NCU_SET=""; TESTS_K=(); CASES=()
 while [ $# -gt 0 ]; do
     case "$1" in
-        --quick) QUICK="--quick" ;; --no-tests) TESTS=0 ;; --ncu) NCU=1 ;; --ncu-fp32) NCU=1; NCU_SET=fp32 ;;
+        --quick) QUICK="--quick" ;; --no-tests) TESTS=0 ;; --no-bench) BENCH=0 ;; --trace) TRACE=1 ;;
+        --ncu) NCU=1 ;; --ncu-fp32) NCU=1; NCU_SET=fp32 ;;
         --tests-k) TESTS_K=(-k "$2"); shift ;; --cases) CASES=(--cases "$2"); shift ;;
     esac
     shift
@@ -47,7 +49,13 @@ if [ "$TESTS" = 1 ]; then
     rc=${PIPESTATUS[0]}
     echo "gpu tests exit code: $rc"
 fi
-timeout 300 python3 "$REPO/bench/bench_attention.py" --out "$OUT" $QUICK "${CASES[@]}" 2>&1 | tee "$OUT/bench.log" | grep -v "^$" | tail -70
+if [ "$BENCH" = 1 ]; then
+    timeout 300 python3 "$REPO/bench/bench_attention.py" --out "$OUT" $QUICK "${CASES[@]}" 2>&1 | tee "$OUT/bench.log" \
+        | grep -v "^$" | tail -70
+fi
+if [ "$TRACE" = 1 ]; then
+    OUT="$OUT" timeout 120 python3 "$REPO/bench/profile_attention.py" trace 2>&1 | tee "$OUT/trace.log"
+fi
 if [ "$NCU" = 1 ]; then
     NCU_BIN=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
     timeout 120 "$NCU_BIN" --clock-control none -k regex:fuser_attn --launch-skip-before-match 0 -c 8 \

@@ -1,7 +1,13 @@
 """Launch each attention kernel of the benchmark's headline cases a few times, for ``ncu`` to profile
 (bench/attention_session.sh --ncu): the seed fp32 shape on flash_simt, B8 H12 S512 D64 fp16 on both
 flash_mma row tilings, and the BERT padding-mask case; with the argument ``fp32``: the CUDA-core kernels
-(flash_simt_kv and flash_simt) on the seed shape and B8 H12 S128."""
+(flash_simt_kv and flash_simt) on the seed shape and B8 H12 S128.
+
+``trace [VARIANT ...]`` (no ncu): flash_wgmma's block timeline at B8 H12 S512 D64 fp16 (and, for the first two
+variants, one whole wave of 128-row tiles: B11 H6 S512): the module rebuilt with FUSER_WG_TRACE, each block's SM,
+start and end (%globaltimer) written to a buffer; prints per variant the kernel's span, the first wave's blocks (those
+that started before any block ended) and the rest (start, end, duration), how many blocks each SM ran; raw records
+go to $OUT/trace_<case>_<variant>.json. One input set, launched 30 times: L2-warm, so shorter than the benchmark."""
 
 from __future__ import annotations
 
@@ -28,8 +34,65 @@ def launch(be, b, h, s, d, dtype, tactic, pad=False, reps=2):
     torch.cuda.synchronize()
 
 
+def trace(be, variants, b=8, h=12, s=512, d=64, name="s512"):
+    """The block timeline of each variant (see the module docstring)."""
+    import json
+    import os
+
+    import numpy as np
+
+    from fuser.kernels import toolchain
+    src = "#define FUSER_WG_TRACE 1\n" + A.wgmma_source_for("f16")
+    q, k, v, o = (torch.randn(b, h, s, d, dtype=torch.float16, device="cuda") for _ in range(4))
+    for var in variants:
+        r = A.Runner(be, q.shape, k.shape, v.shape, "float16", 1 / math.sqrt(d), tactic=var)
+        fam = r.plan["family"]
+        fn = be.function("attention_wgmma_trace_f16", src, f"fuser_attn_{fam}_f16",
+                         arch=toolchain.arch_specific(be.name, be.arch))
+        be.allow_dynamic_shared(fn, r.plan["smem"])
+        r.fn = fn
+        grid = r.plan.get("grid", r.grid)
+        nblk = grid[0] * grid[1] * grid[2]
+        ws = torch.zeros(4 * nblk + 64, dtype=torch.int64, device="cuda")
+        r.args.params.ws = ws.data_ptr()
+        for _ in range(30):  # warm, then the last launch's records
+            r([q.data_ptr(), k.data_ptr(), v.data_ptr()], o.data_ptr())
+        torch.cuda.synchronize()
+        rec = ws[:4 * nblk].view(nblk, 4).cpu().numpy().astype(np.int64)
+        t0 = rec[:, 1].min()
+        st, e0, e1 = rec[:, 1] - t0, rec[:, 2] - t0, rec[:, 3] - t0
+        end = np.where(rec[:, 3] > 0, np.maximum(e0, e1), e0)
+        sm = rec[:, 0]
+        nsm = len(np.unique(sm))
+        first = st < (end.min())  # blocks that started before any block ended: the first wave
+        print(f"[trace {name}] {var} ({fam}, grid {grid}, {r.plan['threads']} threads): span {end.max() / 1e3:.2f} us, "
+              f"{nblk} blocks on {nsm} SMs, first wave {int(first.sum())} blocks")
+        for lab, m in (("first wave", first), ("later", ~first)):
+            if m.any():
+                dur = end[m] - st[m]
+                print(f"  {lab}: start {st[m].min() / 1e3:.2f}-{st[m].max() / 1e3:.2f} us, end "
+                      f"{end[m].min() / 1e3:.2f}-{end[m].max() / 1e3:.2f} us, duration median "
+                      f"{np.median(dur) / 1e3:.2f} (min {dur.min() / 1e3:.2f}, max {dur.max() / 1e3:.2f}) us")
+        per_sm = np.bincount(sm, minlength=int(sm.max()) + 1)
+        print(f"  blocks per SM: {np.bincount(per_sm[per_sm > 0]).tolist()} (index: blocks, value: SMs)")
+        later = np.where(~first)[0]
+        if len(later):  # how many later blocks share an SM with another later block
+            lsm = np.bincount(sm[later], minlength=int(sm.max()) + 1)
+            print(f"  later blocks per SM: {np.bincount(lsm[lsm > 0]).tolist()}")
+        out = os.environ.get("OUT")
+        if out:
+            with open(os.path.join(out, f"trace_{name}_{var}.json"), "w") as f:
+                json.dump({"variant": var, "family": fam, "grid": grid, "sm": sm.tolist(), "start_ns": st.tolist(),
+                           "end0_ns": e0.tolist(), "end1_ns": e1.tolist()}, f)
+
+
 if __name__ == "__main__":
     be = select_backend("cuda")
+    if sys.argv[1:2] == ["trace"]:
+        vs = sys.argv[2:] or ["flash_wgmma_2n64q", "flash_wgmma_2n64qs", "flash_wgmma_1n64q3"]
+        trace(be, vs)
+        trace(be, vs[:2], 11, 6, 512, 64, "wave_s512")
+        sys.exit(0)
     if sys.argv[1:] == ["fp32"]:  # the CUDA-core kernels on the seed shape and B8 H12 S128, one launch each
         launch(be, 256, 1, 128, 64, torch.float32, "flash_simt_kv_r64", reps=1)
         launch(be, 256, 1, 128, 64, torch.float32, "flash_simt", reps=1)

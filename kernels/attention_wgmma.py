@@ -39,7 +39,9 @@ Tried on H200 and dropped (BENCHMARKS.md, "flash_wgmma"): a non-pipelined loop (
 slower, and with Q in registers it computed wrong results (not understood; gone with the loop); a quarter of the
 exponentials on the FMA pipe (the special-function unit is not the limit, issue slots are) was slower; 128-key
 tiles (register-bound to one block per SM) and 3 warpgroups per block were slower than 2 warpgroups on 64-key
-tiles.
+tiles. For the S=512 tail (bench/results/2026-11-21_attn_s512_notes.md): persistent blocks (the next tile's loads
+under the current one's last key tile) lost to the hardware's block placement, and blocks of two 256-thread
+sub-blocks splitting the last wave's tiles in shared memory ran every tile 25% slower; neither is in the tree.
 
 Every other case (terms, wider heads, other archs, AMD) is not this tactic: the launch rule falls back to
 ``flash_mma``. On anything but an ``sm_90a`` compile the entry points are stubs (a trap on NVIDIA, empty on AMD),
@@ -131,6 +133,28 @@ template <int BF16> FUSER_INLINE fuser_u32 fuser_wg_pack2(float lo, float hi) {
     else asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
     return r;
 }
+
+// Timeline probe (bench/profile_attention.py trace): only where FUSER_WG_TRACE is defined (the runners' builds have
+// none of it), thread 0 of each block writes 4 words at p.ws + 32 * (linear block index): SM id, start and end
+// (%globaltimer, ns; the end after the output stores are issued), a fourth word left for a second end.
+#ifdef FUSER_WG_TRACE
+FUSER_INLINE void fuser_wg_trace(const fuser_attn_params& p, int slot) {
+    if (!p.ws) return;
+    const unsigned int blk = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    unsigned long long* r = reinterpret_cast<unsigned long long*>(p.ws) + 4ull * blk;
+    unsigned long long now;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+    if (slot == 1) {
+        unsigned int sm;
+        asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+        r[0] = sm;
+    }
+    r[slot] = now;
+}
+#define FUSER_WG_TRACE_AT(cond, slot) do { if (cond) fuser_wg_trace(p, slot); } while (0)
+#else
+#define FUSER_WG_TRACE_AT(cond, slot) do { } while (0)
+#endif
 
 // A shared-memory matrix descriptor: start address, leading and stride byte offsets (each >> 4, 14 bits),
 // layout 1 = 128-byte swizzle (bits 62-63), base offset 0 (tiles start 1024-byte aligned). K-major operands
@@ -392,6 +416,7 @@ template <int BF16, int NWG, int BC, int QR, int SPLIT, int PF>
 FUSER_INLINE void fuser_attn_wgmma(const fuser_attn_params& p) {
     enum { NT = 128 * NWG, BR = 64 * NWG, NS = PF + 2, NN = BC / 8, KS = BC / 16, TILE = BC * 128 };
     extern __shared__ __align__(1024) unsigned char fuser_wg_smem[];
+    FUSER_WG_TRACE_AT(threadIdx.x == 0, 1);
     // Q [BR][64], then NS stages of K [BC][64], then NS of V; the host adds 1024 bytes for this alignment
     const fuser_u32 s_q = (fuser_wg_smem_u32(fuser_wg_smem) + 1023u) & ~1023u;
     const fuser_u32 s_k = s_q + BR * 128, s_v = s_k + NS * TILE;
@@ -525,7 +550,10 @@ FUSER_INLINE void fuser_attn_wgmma(const fuser_attn_params& p) {
         fuser_wg_wait<0>();
         fuser_wg_keep(oacc);
     }
-    if (SPLIT && !fuser_wg_split_combine<BR, NT>(oacc, m_r, l_r, p, fuser_wg_smem)) return;
+    if (SPLIT && !fuser_wg_split_combine<BR, NT>(oacc, m_r, l_r, p, fuser_wg_smem)) {
+        FUSER_WG_TRACE_AT(threadIdx.x == 0, 2);
+        return;
+    }
     if (SPLIT) {  // the tile's place again, from a fresh read of the block index: not held through the loop
         unsigned int cta;
         asm volatile("mov.u32 %0, %%ctaid.x;" : "=r"(cta));
@@ -550,6 +578,7 @@ FUSER_INLINE void fuser_attn_wgmma(const fuser_attn_params& p) {
             }
         }
     }
+    FUSER_WG_TRACE_AT(threadIdx.x == 0, 2);
 }
 #endif  // sm_90a
 """
