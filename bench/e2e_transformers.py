@@ -73,12 +73,14 @@ def export_vit(batch: int) -> onnx.ModelProto:
     return onnx.load_from_string(buf.getvalue())
 
 
-def time_ort(model_path: str, feeds: dict, provider_opts: dict) -> tuple[float, list[np.ndarray]]:
+def time_ort(model_path: str | bytes, feeds: dict, provider_opts: dict,
+             disabled_optimizers: list[str] | None = None) -> tuple[float, list[np.ndarray]]:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    s = ort.InferenceSession(model_path, opts, providers=[("CUDAExecutionProvider", provider_opts)])
+    kw = {"disabled_optimizers": disabled_optimizers} if disabled_optimizers else {}
+    s = ort.InferenceSession(model_path, opts, providers=[("CUDAExecutionProvider", provider_opts)], **kw)
     io_ = s.io_binding()
     for k, v in feeds.items():
         io_.bind_ortvalue_input(k, ort.OrtValue.ortvalue_from_numpy(v, "cuda", 0))

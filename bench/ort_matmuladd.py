@@ -9,9 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))
 import e2e_transformers as e2e  # noqa: E402
@@ -20,27 +18,8 @@ from fuser.verify import make_inputs  # noqa: E402
 
 
 def time_ms(model_bytes: bytes, feeds: dict, tf32: bool, disabled: list[str] | None) -> float:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    kw = {"disabled_optimizers": disabled} if disabled else {}
-    s = ort.InferenceSession(model_bytes, opts, providers=[("CUDAExecutionProvider",
-                                                             {"device_id": "0", "use_tf32": "1" if tf32 else "0"})],
-                             **kw)
-    io_ = s.io_binding()
-    for k, v in feeds.items():
-        io_.bind_ortvalue_input(k, ort.OrtValue.ortvalue_from_numpy(v, "cuda", 0))
-    for o in s.get_outputs():
-        io_.bind_output(o.name, "cuda", 0)
-    for _ in range(10):
-        s.run_with_iobinding(io_)
-    ts = []
-    for _ in range(50):
-        t = time.perf_counter()
-        s.run_with_iobinding(io_)
-        ts.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(ts)
+    popts = {"device_id": "0", "use_tf32": "1" if tf32 else "0"}
+    return e2e.time_ort(model_bytes, feeds, popts, disabled)[0]
 
 
 def main() -> None:
