@@ -13,7 +13,8 @@ import pytest
 
 from fuser.kernels import attention as A
 from fuser.kernels import attention_wgmma as W
-from fuser.kernels.backend import DeviceBackend
+
+from .fake_device import FakeDevice
 
 
 def brute(q, k, v, scale, causal=False, terms=(), nan_zero=False):
@@ -103,7 +104,7 @@ def test_parameter_block_layout_matches_c(tmp_path: Path):
     assert got == want
 
 
-class FakeCuda(DeviceBackend):
+class FakeCuda(FakeDevice):
     """Records what a runner would launch; compiles nothing."""
 
     name, arch, warp_size, num_sms = "cuda", "sm_90", 32, 132
@@ -120,42 +121,15 @@ class FakeCuda(DeviceBackend):
 
     opted_in: list = []
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.launches: list = []
-        self.compiled_for: list = []
-        self._next = 4096
-
     def function(self, family, source, entry, arch=None):
         assert entry in A.VARIANTS and (entry == "fuser_attn_softmax" or entry.rsplit("_", 1)[1] in family)
         self.compiled_for.append((entry, arch))
         return entry
 
-    def _load_module(self, image):
-        raise AssertionError
-
-    def _get_function(self, module, entry):
-        raise AssertionError
-
     def launch(self, fn, grid, block, args, shared=0, stream=0):
         p = args.params
         self.launches.append((fn, grid, block, shared, p.q, p.term[0].ptr, p.term[0].sj, p.scale))
 
-    def malloc(self, nbytes):
-        self._next += 4096 + nbytes
-        return self._next
-
-    def free(self, ptr):
-        pass
-
-    def copy_htod(self, dst, src):
-        pass
-
-    def copy_dtoh(self, dst, src):
-        pass
-
-    def synchronize(self):
-        pass
 
 
 @pytest.mark.parametrize("dtype,d,tactic,entry,rows,smem", [

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from fuser.kernels import conv, conv_wgmma
-from fuser.kernels.backend import DeviceBackend
+
+from .fake_device import FakeDevice
 
 
-class FakeCuda(DeviceBackend):
+class FakeCuda(FakeDevice):
     """Records what a runner compiles and launches; compiles nothing."""
 
     name, arch, warp_size, num_sms = "cuda", "sm_90", 32, 132
@@ -21,10 +22,7 @@ class FakeCuda(DeviceBackend):
     def __init__(self, arch: str = "sm_90") -> None:
         super().__init__()
         self.arch = arch
-        self.compiled_for: list = []
-        self.launches: list = []
         self.shared: list = []
-        self._next = 4096
 
     def function(self, family, source, entry, arch=None):
         self.compiled_for.append((family, entry, arch))
@@ -34,30 +32,9 @@ class FakeCuda(DeviceBackend):
     def allow_dynamic_shared(self, fn, nbytes):
         self.shared.append((fn, nbytes))
 
-    def _load_module(self, image):
-        raise AssertionError
-
-    def _get_function(self, module, entry):
-        raise AssertionError
-
     def launch(self, fn, grid, block, args, shared=0, stream=0):
         self.launches.append((fn, grid, block, shared))
 
-    def malloc(self, nbytes):
-        self._next += 4096 + nbytes
-        return self._next
-
-    def free(self, ptr):
-        pass
-
-    def copy_htod(self, dst, src):
-        pass
-
-    def copy_dtoh(self, dst, src):
-        pass
-
-    def synchronize(self):
-        pass
 
 
 BIG = conv.geometry((8, 64, 128, 128), (128, 64, 3, 3), pads=[1] * 4)
