@@ -589,17 +589,15 @@ def plan_static_views(nodes: list[onnx.NodeProto], inits: dict, graph_outputs: s
         o_shape = _static(dims.get(node.output[0]))
         while chain and o_shape is not None:
             end = chain[-1].output[0]
-            layout = _contiguous(_static(dims.get(end)) or ())
-            ok = _static(dims.get(end)) is not None
+            end_shape = _static(dims.get(end))
+            layout = _contiguous(end_shape) if end_shape is not None else None
             for c in reversed(chain):
                 shape_in = _static(dims.get(c.input[0]))
-                layout = _backward(c, shape_in, layout) if ok and shape_in is not None else None
-                ok = layout is not None
-            strides = _as_view(layout, 0, o_shape) if ok else None
+                layout = _backward(c, shape_in, layout) if layout is not None and shape_in is not None else None
+            strides = _as_view(layout, 0, o_shape) if layout is not None else None
             if strides is not None and end not in graph_outputs:
                 views = planned.setdefault(name, NodeViews({}, None))
-                views.output = OutputView(end, (), tuple(c.name for c in chain), strides=strides,
-                                          shape=_static(dims.get(end)))
+                views.output = OutputView(end, (), tuple(c.name for c in chain), strides=strides, shape=end_shape)
                 removed |= {c.name for c in chain}
                 break
             chain.pop()
