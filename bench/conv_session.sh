@@ -3,7 +3,7 @@
 # parallel into the disk cache, run the conv GPU tests, then the conv benchmark (table printed last).
 # Logs in $OUT. Usage (device tool, carry .whl): bash bench/conv_session.sh [--no-tests] [bench_conv.py args]
 # Options by environment: PROFILE="N C H W M K tactic..." (ncu, after the bench), NOBENCH=1,
-# TUNE_CNN="resnet50 darknet53 ...", TESTK (pytest -k expression for the GPU tests), BENCH_TIMEOUT / PROFILE_TIMEOUT (seconds; default 400 / 240)
+# NCU_K (ncu kernel filter, default regex:fuser_conv), TUNE_CNN="resnet50 darknet53 ...", TESTK (pytest -k expression for the GPU tests), BENCH_TIMEOUT / PROFILE_TIMEOUT (seconds; default 400 / 240)
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -29,13 +29,13 @@ if [ -n "${PROFILE:-}" ]; then   # PROFILE="N C H W M K tactic ...[; N C H W M K
     IFS=';' read -ra PROFS <<< "$PROFILE"
     for prof in "${PROFS[@]}"; do   # NCU_EXTRA: more ncu arguments (sections, --metrics ...)
         # shellcheck disable=SC2086  # word splitting intended
-        timeout "${PROFILE_TIMEOUT:-240}" ncu --clock-control none -k regex:fuser_conv --section SpeedOfLight \
+        timeout "${PROFILE_TIMEOUT:-240}" ncu --clock-control none -k "${NCU_K:-regex:fuser_conv}" --section SpeedOfLight \
             --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \
             ${NCU_EXTRA:-} python3 "$REPO/bench/profile_conv.py" $prof >> "$OUT/ncu.txt" 2>&1
     done
-    grep -E "fuser_conv|Duration|Compute \(SM\) Throughput|Registers Per|Achieved Occupancy|Warp Cycles Per Issued|Issued Warp Per|Block Limit Reg|Block Limit Shared|stalled|L2 Cache Throughput|DRAM Throughput" "$OUT/ncu.txt" | head -90
+    grep -E "fuser_conv|[a-z_]+conv[a-z_0-9]*|gemm|xmma|Duration|Compute \(SM\) Throughput|Registers Per|Achieved Occupancy|Warp Cycles Per Issued|Issued Warp Per|Block Limit Reg|Block Limit Shared|stalled|L2 Cache Throughput|DRAM Throughput" "$OUT/ncu.txt" | head -90
 fi
-if [ -n "${TUNE_CNN:-}" ]; then   # TUNE_CNN="resnet50 darknet53 ...": --tune on real exports, fp32 then TF32
+if [ -n "${TUNE_CNN:-}" ]; then   # NCU_K (ncu kernel filter, default regex:fuser_conv), TUNE_CNN="resnet50 darknet53 ...": --tune on real exports, fp32 then TF32
     timeout 400 python3 "$REPO/bench/tune_cnn.py" --out "$OUT" $TUNE_CNN 2>&1 | tee "$OUT/tune_cnn.log" | tail -8
     timeout 200 python3 "$REPO/bench/tune_cnn.py" --out "$OUT" --allow-tf32 resnet50 2>&1 | tee -a "$OUT/tune_cnn.log" | tail -5
 fi
