@@ -1,12 +1,11 @@
 """Probe: does a conv kernel's machine-code size set the time of short convs (instruction fetch)?
 
-The same TF32 tactics built from the committed source ("base") and from source edits that shrink the epilogue
-("lean": the activation fixed to LeakyReLU and only the vector path; "v4": lean plus an explicit 16-byte
-store), timed on the seed's 1x1 problems and one 3x3 (CUDA graphs rotating over > 3x L2, as bench_conv.py),
-with cuDNN TF32 in the same run. Only the probe: lean builds are not correct for other activations or
-ragged tiles (the problems here have none).
+The same TF32 tactics built from the committed source ("base") and from source edits of the epilogue (EDITS),
+timed on the seed's 1x1 problems and one 3x3 (CUDA graphs rotating over > 3x L2, as bench_conv.py),
+with cuDNN TF32 in the same run. Only a probe: some edits are not correct for other activations or ragged tiles
+(the problems here have none).
 
-Usage (GPU): python bench/probe_codesize.py [--variants base,lean,v4] [--tactics mma_tf32_ms_64x32,...]
+Usage (GPU): python bench/probe_codesize.py [--variants base,nosig,pwlonly] [--tactics mma_tf32_ms_64x32,...]
 """
 
 from __future__ import annotations
@@ -28,20 +27,16 @@ from fuser.kernels.backend import select_backend  # noqa: E402
 
 PROBLEMS = [("resnet_block", 1, 64, 56, 56, 128, 1), ("very_wide_pointwise", 1, 128, 32, 320, 256, 1),
             ("1x1_heavy_channels", 1, 512, 16, 16, 512, 1), ("medium", 1, 32, 128, 128, 64, 3)]
-V4_STORE = '''static FUSER_INLINE void st(float* p, const float (&v)[4]) {
-        asm volatile("st.global.v4.f32 [%0], {%1, %2, %3, %4};" :: "l"(p), "f"(v[0]), "f"(v[1]), "f"(v[2]),
-                     "f"(v[3]) : "memory");
-    }'''
+# Edits of the epilogue dispatch (conv.py FUSER_CONV_EPILOGUE). The first probe run (BENCHMARKS.md) edited the
+# source before it (commit 2b8644b's version of this file): "lean" fixed LeakyReLU and the vector path, "v4" added
+# a 16-byte store; both are in the tree now as the interior-tile path and fuser_cvec's PTX store.
 EDITS = {
     "base": [],
-    "lean": [("v = fuser_activation_fast(v, act, p0, p1);", "v = fuser_activation_fast(v, 2, p0, p1);"),
-             ("if (vec && nleft >= N) {", "if (true) {")],
+    # Sigmoid/SiLU through the general path: one interior-tile instantiation less
+    "nosig": [("} else if ((full) && (act) != 7) {", "} else if (false) {")],
+    # upper bound, LeakyReLU-only and interior tiles only (wrong elsewhere): no general path at all
+    "pwlonly": [("if ((full) && (act) != 4 && (act) != 7 && (act) != 8) {", "if (true) {")],
 }
-EDITS["v4"] = EDITS["lean"] + [('''static FUSER_INLINE void st(float* p, const float (&v)[4]) {
-        float4 t; t.x = v[0]; t.y = v[1]; t.z = v[2]; t.w = v[3];
-        *reinterpret_cast<float4*>(p) = t;
-    }''', V4_STORE)]
-EDITS["basev4"] = EDITS["v4"][2:]
 
 
 def edited(fn, edits):
@@ -56,7 +51,7 @@ def edited(fn, edits):
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--variants", default="base,lean,v4")
+    ap.add_argument("--variants", default="base,nosig,pwlonly")
     ap.add_argument("--tactics", default="mma_tf32_ms_64x32,mma_tf32_ms_64x64,wgmma_tf32_64x64")
     args = ap.parse_args()
     be = select_backend("cuda")

@@ -380,14 +380,28 @@ COMMON_SOURCE = r"""
 #define FUSER_CONV_BIG (1 << 28)
 
 template <typename T, int N> struct fuser_cvec;
+// float x 4 as one 16-byte access. On CUDA through PTX: NVVM split the float4 copy into four 4-byte stores in the
+// GEMM epilogues (four store instructions, each sector written four times), which cost up to 1.7x on 1x1 convs
+// (bench/probe_codesize.py, H100, 2026-11-21).
 template <> struct fuser_cvec<float, 4> {
     static FUSER_INLINE void ld(const float* p, float (&v)[4]) {
+#if defined(FUSER_CUDA)
+        // not volatile: the compiler may still issue a tile's residual loads ahead of its stores
+        asm("ld.global.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(v[0]), "=f"(v[1]), "=f"(v[2]), "=f"(v[3]) : "l"(p));
+#else
         const float4 t = *reinterpret_cast<const float4*>(p);
         v[0] = t.x; v[1] = t.y; v[2] = t.z; v[3] = t.w;
+#endif
     }
     static FUSER_INLINE void st(float* p, const float (&v)[4]) {
+#if defined(FUSER_CUDA)
+        // no "memory" clobber: nothing in a kernel reads its output back, and loads (bias, residual, staged
+        // accumulators) stay free to move across the stores
+        asm volatile("st.global.v4.f32 [%0], {%1, %2, %3, %4};" :: "l"(p), "f"(v[0]), "f"(v[1]), "f"(v[2]), "f"(v[3]));
+#else
         float4 t; t.x = v[0]; t.y = v[1]; t.z = v[2]; t.w = v[3];
         *reinterpret_cast<float4*>(p) = t;
+#endif
     }
 };
 template <> struct fuser_cvec<float, 2> {
@@ -422,27 +436,87 @@ template <> struct fuser_cvec<fuser_half, 2> {
     }
 };
 
-// out = act(v + r) (res_mode 1: residual before the activation), act(v) + r (2), act(v) (0).
-struct fuser_conv_epi {
+// Activation classes of the GEMM epilogues (FUSER_CONV_EPILOGUE): every activation but three is piecewise
+// linear, y' = clamp(A y + B, lo, hi) (times y: HardSwish) (+ lk min(y, 0): LeakyRelu), decoded once from
+// (act, p0, p1); Sigmoid and SiLU share y' = y^s / (1 + e^-y); Tanh runs fuser_activation (ACT = -1). NaN bounds
+// leave a side unclamped (fmaxf/fminf return the other operand), so the identity passes NaN through as before.
+#define FUSER_ACT_PWL 100
+#define FUSER_ACT_SIG 101
+
+// out = act(v + r) (res_mode 1: residual before the activation), act(v) + r (2), act(v) (0). ACT: -1 reads the
+// activation from `act` at run time (every code, one switch per value); FUSER_ACT_PWL / SIG: one class,
+// branch-free per value (set up by fuser_conv_make_epi).
+template <int ACT>
+struct fuser_conv_epi_t {
     int act, res_mode;
     float p0, p1;
+    float A, B, lo, hi, lk;
+    bool aff, mul, leaky;
     FUSER_INLINE float operator()(float v, float r) const {
         if (res_mode == 1) v += r;
-        v = fuser_activation_fast(v, act, p0, p1);
+        if constexpr (ACT == FUSER_ACT_PWL) {
+            float t = aff ? fmaf(A, v, B) : v;
+            t = fminf(fmaxf(t, lo), hi);
+            t = mul ? v * t : t;
+            v = leaky ? fmaf(lk, fminf(v, 0.0f), t) : t;
+        } else if constexpr (ACT == FUSER_ACT_SIG) {
+            const float s = fuser_rcp(1.0f + __expf(-v));   // as fuser_activation_fast
+            v = mul ? v * s : s;
+        } else {
+            v = fuser_activation_fast(v, act, p0, p1);
+        }
         return res_mode == 2 ? v + r : v;
     }
 };
+typedef fuser_conv_epi_t<-1> fuser_conv_epi;
+
+template <int ACT>
+FUSER_INLINE fuser_conv_epi_t<ACT> fuser_conv_make_epi(int act, int res_mode, float p0, float p1) {
+    fuser_conv_epi_t<ACT> e;
+    e.act = act; e.res_mode = res_mode; e.p0 = p0; e.p1 = p1;
+    const float nan = __int_as_float(0x7fffffff);
+    e.A = 1.0f; e.B = 0.0f; e.lo = nan; e.hi = nan; e.lk = 0.0f;
+    e.aff = false; e.mul = act == 6 || act == 8; e.leaky = false;
+    switch (act) {
+    case 1: e.lo = 0.0f; break;                                        // Relu: max(y, 0)
+    case 2: e.lo = 0.0f; e.lk = p0; e.leaky = true; break;             // LeakyRelu: max(y, 0) + a min(y, 0)
+    case 3: e.lo = p0; e.hi = p1; break;                               // Clip
+    case 5: e.A = p0; e.B = p1; e.aff = true; e.lo = 0.0f; e.hi = 1.0f; break;          // HardSigmoid
+    case 6: e.A = 1.0f / 6.0f; e.B = 0.5f; e.aff = true; e.lo = 0.0f; e.hi = 1.0f; break;  // HardSwish
+    default: break;                                                     // identity (and the other classes)
+    }
+    return e;
+}
+
+// Runs the epilogue statement `...` with two constants: VEC (every output run of the thread is a whole aligned
+// vector: the host's `vec` and a tile wholly inside the output, `full`) and ACT (with VEC, the activation class
+// of the run-time code `act`; without, -1: any code, any run). Tanh (rare in CNNs, and tanhf is long) always
+// takes the general path. The likely case comes first, so that its code follows the main loop's.
+// Why: a GEMM epilogue is unrolled over every output a thread holds, and with fuser_activation's switch and the
+// element-wise fallback inside it every output carried all nine activations (tanhf's ~20 instructions among
+// them) and a scalar loop: two thirds of a tile kernel's machine code (99 KB for the 64x32 mma_tf32_ms kernel).
+// A short conv runs that code about once per SM and waited on instruction fetch (ncu, H100: 58% of warp stalls
+// "no instruction" on a 1x1 conv, 2-4x cuDNN's time). Interior tiles now run short straight-line code; only
+// edge tiles, unaligned tensors and Tanh take the general one.
+#define FUSER_CONV_EPILOGUE(act, full, ...)                                                             \
+    if ((full) && (act) != 4 && (act) != 7 && (act) != 8) {                                             \
+        constexpr bool VEC = true; constexpr int ACT = FUSER_ACT_PWL; __VA_ARGS__;                      \
+    } else if ((full) && (act) != 7) {                                                                  \
+        constexpr bool VEC = true; constexpr int ACT = FUSER_ACT_SIG; __VA_ARGS__;                      \
+    } else {                                                                                            \
+        constexpr bool VEC = false; constexpr int ACT = -1; __VA_ARGS__;                                \
+    }
 
 // N consecutive outputs of channel co, linear pixels n0..n0+N-1 with n0 = b * OHW + p; nleft = npix - n0.
 // vec: the host checked OHW % N == 0 and N-element alignment of y (and r), so an N-group never leaves
 // image b and is aligned: one vector access. Otherwise element by element, stepping into image b+1.
-template <typename T, int N>
+template <typename T, int N, bool VEC = false, class Epi = fuser_conv_epi>
 FUSER_INLINE void fuser_conv_out(T* __restrict__ y, const T* __restrict__ r, int co, int b, int p, int nleft,
                                  const float (&v)[N], float bias, int OHW, fuser_i64 img_out, int vec,
-                                 const fuser_conv_epi& epi) {
+                                 const Epi& epi) {
     if (nleft <= 0) return;
     fuser_i64 off = (fuser_i64)b * img_out + (fuser_i64)co * OHW + p;
-    if (vec && nleft >= N) {
+    if (VEC || (vec && nleft >= N)) {   // VEC: the caller knows the run is whole and aligned
         float rr[N], o[N];
 #pragma unroll
         for (int j = 0; j < N; ++j) rr[j] = 0.0f;
@@ -452,14 +526,19 @@ FUSER_INLINE void fuser_conv_out(T* __restrict__ y, const T* __restrict__ r, int
         fuser_cvec<T, N>::st(y + off, o);
         return;
     }
+    if constexpr (VEC) return;
+    // A rolled loop (v[j] picked by selects, no local memory): this path serves only ragged edges and unaligned
+    // tensors, and unrolled it was most of an epilogue's machine code.
+    const int nj = nleft < N ? nleft : N;
+#pragma unroll 1
+    for (int j = 0; j < nj; ++j) {
+        float vj = v[0];
 #pragma unroll
-    for (int j = 0; j < N; ++j) {
-        if (j < nleft) {
-            if (p == OHW) { p = 0; ++b; off = (fuser_i64)b * img_out + (fuser_i64)co * OHW; }
-            const float rv = r ? fuser_io<T>::ld(r, off) : 0.0f;
-            fuser_io<T>::st(y, off, epi(v[j] + bias, rv));
-            ++p; ++off;
-        }
+        for (int q = 1; q < N; ++q) vj = j == q ? v[q] : vj;
+        if (p == OHW) { p = 0; ++b; off = (fuser_i64)b * img_out + (fuser_i64)co * OHW; }
+        const float rv = r ? fuser_io<T>::ld(r, off) : 0.0f;
+        fuser_io<T>::st(y, off, epi(vj + bias, rv));
+        ++p; ++off;
     }
 }
 
@@ -560,6 +639,32 @@ _IGEMM_SOURCE = r"""
 // Block tile BM (output channels) x BN (pixels), BK = 8; thread tile (4 RM) x (4 RN) taken as RM x RN
 // blocks of 4 spread BM/RM (BN/RN) apart, so shared-memory reads are float4 and conflict-free and
 // output stores are 4 consecutive pixels.
+// The igemm thread tile's outputs: rows mrow0 + rm * (BM / RM) + i (i < 4), runs of 4 pixels per rn.
+template <typename T, int BM, int RM, int RN, bool VEC, class Epi>
+FUSER_INLINE void fuser_igemm_epilogue(const float (&acc)[4 * RM][4 * RN], T* __restrict__ y, const T* __restrict__ r,
+                                       const float* __restrict__ bias, int g, int mrow0, const int (&bq)[RN],
+                                       const int (&pq)[RN], const int (&nl)[RN], int Mg, int OHW, fuser_i64 img_out,
+                                       int vec, const Epi& epi) {
+#pragma unroll
+    for (int rm = 0; rm < RM; ++rm) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int m = mrow0 + rm * (BM / RM) + i;
+            if (m < Mg) {
+                const int co = g * Mg + m;
+                const float bv = bias[co];
+#pragma unroll
+                for (int rn = 0; rn < RN; ++rn) {
+                    float v[4];
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) v[j] = acc[rm * 4 + i][rn * 4 + j];
+                    fuser_conv_out<T, 4, VEC>(y, r, co, bq[rn], pq[rn], nl[rn], v, bv, OHW, img_out, vec, epi);
+                }
+            }
+        }
+    }
+}
+
 template <typename T, int BM, int BN, int RM, int RN>
 FUSER_INLINE void fuser_conv_igemm(FUSER_CONV_GEMM_PARAMS(T, float)) {
     constexpr int BK = 8;
@@ -679,8 +784,6 @@ FUSER_INLINE void fuser_conv_igemm(FUSER_CONV_GEMM_PARAMS(T, float)) {
                                        + tx * 4 + j % 4, 0.0f);
     }
 
-    fuser_conv_epi epi;
-    epi.act = act; epi.res_mode = res_mode; epi.p0 = p0; epi.p1 = p1;
     int bq[RN], pq[RN], nl[RN];
 #pragma unroll
     for (int rn = 0; rn < RN; ++rn) {
@@ -689,24 +792,9 @@ FUSER_INLINE void fuser_conv_igemm(FUSER_CONV_GEMM_PARAMS(T, float)) {
         bq[rn] = nl[rn] > 0 ? n0 / OHW : 0;
         pq[rn] = n0 - bq[rn] * OHW;
     }
-#pragma unroll
-    for (int rm = 0; rm < RM; ++rm) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const int m = m0 + rm * (BM / RM) + ty * 4 + i;
-            if (m < Mg) {
-                const int co = g * Mg + m;
-                const float bv = bias[co];
-#pragma unroll
-                for (int rn = 0; rn < RN; ++rn) {
-                    float v[4];
-#pragma unroll
-                    for (int j = 0; j < 4; ++j) v[j] = acc[rm * 4 + i][rn * 4 + j];
-                    fuser_conv_out<T, 4>(y, r, co, bq[rn], pq[rn], nl[rn], v, bv, OHW, img_out, vec, epi);
-                }
-            }
-        }
-    }
+    FUSER_CONV_EPILOGUE(act, vec && m0 + BM <= Mg && nb + BN <= npix,
+        fuser_igemm_epilogue<T, BM, RM, RN, VEC>(acc, y, r, bias, g, m0 + ty * 4, bq, pq, nl, Mg, OHW, img_out, vec,
+                                                 fuser_conv_make_epi<ACT>(act, res_mode, p0, p1)))
 }
 
 #define FUSER_IGEMM_ENTRY(NAME, T, BM, BN, RM, RN)                                                      \

@@ -85,6 +85,25 @@ FUSER_INLINE fuser_u64 fuser_cwg_desc(fuser_u32 addr) {
            (1ull << 62);
 }
 
+// The staged tile's outputs: chunk i = threadIdx.x + it THR of the tile's [channel][pixel] runs of 4 in shared
+// memory (channel row i / CPR, pixels 4 (i % CPR) ..; row stride LDC words), read as they are stored.
+template <int NCH, int THR, int CPR, int LDC, bool VEC, class Epi>
+FUSER_INLINE void fuser_cwg_epilogue(const float* cs, float* __restrict__ y, const float* __restrict__ r,
+                                     const float* __restrict__ bias, int g, int m0, int nb, int Mg, int npix, int OHW,
+                                     fuser_i64 img_out, int vec, const Epi& epi) {
+#pragma unroll
+    for (int it = 0; it < NCH; ++it) {
+        const int i = threadIdx.x + it * THR, row = i / CPR, c4 = i % CPR;
+        const int m = m0 + row, n = nb + 4 * c4;
+        if (m < Mg && n < npix) {
+            const int co = g * Mg + m, b = n / OHW;
+            const float4 t = *reinterpret_cast<const float4*>(cs + row * LDC + 4 * c4);
+            const float v[4] = {t.x, t.y, t.z, t.w};
+            fuser_conv_out<float, 4, VEC>(y, r, co, b, n - b * OHW, npix - n, v, bias[co], OHW, img_out, vec, epi);
+        }
+    }
+}
+
 // Block tile: BN output channels x BM = 64 NWG pixels; NWG warpgroups, each 64 pixel rows x BN channels.
 // Shared memory (dynamic, aligned up to 1024 bytes here): S weight tiles [BN][32] (128-byte swizzle), then S
 // im2col tiles [32][BM + 8] words; the epilogue reuses it as [BN][BM + 4] words.
@@ -274,37 +293,28 @@ FUSER_INLINE void fuser_conv_wgmma(FUSER_CONV_GEMM_PARAMS(float, float)) {
     // runs of 4 pixels: chunk i = tid + it THR of BN x BM / 4 (channel row i / CPR, pixels 4 (i % CPR) ..)
     constexpr int NCH = BN * CPR / THR;
     static_assert((BN * CPR) % THR == 0, "epilogue chunks");
-    float v[NCH][4];
-#pragma unroll
-    for (int it = 0; it < NCH; ++it) {
-        const int i = tid + it * THR, row = i / CPR, c4 = i % CPR;
-        const float4 t = *reinterpret_cast<const float4*>(cs + row * LDC + 4 * c4);
-        v[it][0] = t.x; v[it][1] = t.y; v[it][2] = t.z; v[it][3] = t.w;
-    }
-    if (splits > 1) {
+    if (splits > 1) {   // split-K: each thread sums its own chunks through the workspace, back into the staging
         const fuser_i64 tile = ((fuser_i64)blockIdx.z / splits * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
         float* __restrict__ wt = ws + tile * (BM * BN);
 #pragma unroll
-        for (int it = 0; it < NCH; ++it)
+        for (int it = 0; it < NCH; ++it) {
+            const int i = tid + it * THR;
+            const float* c = cs + (i / CPR) * LDC + 4 * (i % CPR);
 #pragma unroll
-            for (int j = 0; j < 4; ++j) atomicAdd(wt + (tid + it * THR) * 4 + j, v[it][j]);
+            for (int j = 0; j < 4; ++j) atomicAdd(wt + i * 4 + j, c[j]);
+        }
         if (!fuser_splitk_last(cnt + tile, splits, &s_last)) return;
 #pragma unroll
-        for (int it = 0; it < NCH; ++it)
+        for (int it = 0; it < NCH; ++it) {
+            const int i = tid + it * THR;
+            float* c = cs + (i / CPR) * LDC + 4 * (i % CPR);
 #pragma unroll
-            for (int j = 0; j < 4; ++j) v[it][j] = atomicExch(wt + (tid + it * THR) * 4 + j, 0.0f);
-    }
-    fuser_conv_epi epi;
-    epi.act = act; epi.res_mode = res_mode; epi.p0 = p0; epi.p1 = p1;
-#pragma unroll
-    for (int it = 0; it < NCH; ++it) {
-        const int i = tid + it * THR, row = i / CPR, c4 = i % CPR;
-        const int m = m0 + row, n = nb + 4 * c4;
-        if (m < Mg && n < npix) {
-            const int co = g * Mg + m, b = n / OHW;
-            fuser_conv_out<float, 4>(y, r, co, b, n - b * OHW, npix - n, v[it], bias[co], OHW, img_out, vec, epi);
+            for (int j = 0; j < 4; ++j) c[j] = atomicExch(wt + i * 4 + j, 0.0f);
         }
     }
+    FUSER_CONV_EPILOGUE(act, vec && m0 + BN <= Mg && nb + BM <= npix,
+        fuser_cwg_epilogue<NCH, THR, CPR, LDC, VEC>(cs, y, r, bias, g, m0, nb, Mg, npix, OHW, img_out, vec,
+                                                    fuser_conv_make_epi<ACT>(act, res_mode, p0, p1)))
 }
 
 #define FUSER_CWG_ENTRY(NAME, BN, NWG, STAGES, MINB, PIPE)                                              \
