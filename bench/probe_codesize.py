@@ -36,6 +36,11 @@ EDITS = {
     "nosig": [("} else if ((full) && (act) != 7) {", "} else if (false) {")],
     # upper bound, LeakyReLU-only and interior tiles only (wrong elsewhere): no general path at all
     "pwlonly": [("if ((full) && (act) != 4 && (act) != 7 && (act) != 8) {", "if (true) {")],
+    # the pipeline prologue rolled (one copy of the load code instead of S - 1)
+    "pro1": [("#pragma unroll\n    for (int s = 0; s < S - 1; ++s) {",
+              "#pragma unroll 1\n    for (int s = 0; s < S - 1; ++s) {")],
+    # only the 1x1 gather compiled (wrong for other convs): what the other two gathers' code costs
+    "kfix": [("if (kmaj == 2)", "if (true)"), ("} else if (kmaj == 1) {", "} else if (false) {")],
 }
 
 
@@ -44,7 +49,7 @@ def edited(fn, edits):
         s = fn(*a)
         for old, new in edits:
             assert old in s, old[:60]
-            s = s.replace(old, new)
+            s = s.replace(old, new)   # every occurrence
         return s
     return src
 
