@@ -156,6 +156,25 @@ def test_activations_and_residual(be, act, tactic, after) -> None:
     assert err <= tol_for(tactic, dtype) * (2 if act in ("Sigmoid", "SiLU", "Tanh") else 1), f"rel-L2 {err:.3g}"
 
 
+# 128 channels x 512 pixels: every tile of every tactic here lies wholly inside the output (and the buffers are
+# aligned), so these run the epilogue compiled per activation class (conv.py FUSER_CONV_EPILOGUE); the shapes above
+# (36 channels) run the general one.
+WHOLE_TILE_TACTICS = ["igemm_64x64", "igemm_128x128", "mma_tf32_64x64", "mma_tf32_ms_64x32", "mma_tf32_ms_128x128",
+                      "mma_f16_64x64", "wgmma_tf32_64x64", "wgmma_tf32_128x128"]
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS)
+@pytest.mark.parametrize("tactic", WHOLE_TILE_TACTICS)
+@pytest.mark.parametrize("after", [False, True], ids=["res-before", "res-after"])
+def test_activation_classes_on_whole_tiles(be, act, tactic, after) -> None:
+    dtype = np.float16 if tactic.startswith("mma_f16") else np.float32
+    xs, ws, attrs = (2, 16, 16, 16), (128, 16, 3, 3), {"pads": [1, 1, 1, 1]}
+    got, want = launch(be, xs, ws, attrs, dtype, tactic, act=act, residual=True, residual_after=after,
+                       seed=seed_of("whole", act, tactic, after))
+    err = rel_l2(got, want)
+    assert err <= tol_for(tactic, dtype) * (2 if act in ("Sigmoid", "SiLU", "Tanh") else 1), f"rel-L2 {err:.3g}"
+
+
 @pytest.mark.parametrize("tactic", ["igemm_32x32", "mma_tf32_64x64", "mma_tf32_ms_64x32", "mma_tf32_ms_1x1",
                                     "wgmma_tf32_64x128", "wgmma_tf32_1x1", "mma_f16_128x128", "winograd",
                                     "depthwise"])

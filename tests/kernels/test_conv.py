@@ -216,6 +216,35 @@ def test_emulated_activations_residual_after(emu_be, act) -> None:
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
 
 
+# Every tile of these launches lies wholly inside the output and the tensors are aligned, so the kernels take the
+# epilogue compiled per activation class (conv.py FUSER_CONV_EPILOGUE), not the general one the small shapes above run:
+# 64 channels x 64 pixels tiled by 32x32, 64x32 and 64x64.
+FULL_TILE_TACTICS = [("igemm_32x32", np.float32), ("mma_tf32_ms_64x32", np.float32), ("mma_tf32_64x64", np.float32),
+                     ("mma_f16_64x64", np.float16)]
+
+
+@needs_cxx
+@pytest.mark.parametrize("act", ACTIVATIONS)
+@pytest.mark.parametrize("tactic,dtype", FULL_TILE_TACTICS, ids=[t for t, _ in FULL_TILE_TACTICS])
+def test_emulated_activation_classes_on_whole_tiles(emu_be, monkeypatch, act, tactic, dtype) -> None:
+    aligned: list[bool] = []
+    real_aligned = conv._aligned
+    monkeypatch.setattr(conv, "_aligned", lambda p, n: aligned.append(real_aligned(p, n)) or aligned[-1])
+    rng = np.random.default_rng(seed_of("whole", act, tactic))
+    x = rng.standard_normal((1, 8, 8, 8)).astype(dtype)
+    w = (rng.standard_normal((64, 8, 3, 3)) / np.sqrt(72)).astype(dtype)
+    b = rng.standard_normal(64).astype(np.float32)
+    r = rng.standard_normal((1, 64, 8, 8)).astype(dtype)
+    after = seed_of(act, tactic) % 2 == 0
+    kw = {"alpha": 0.2, "beta": 0.4, "clip_min": -0.5, "clip_max": 0.75, "pads": [1, 1, 1, 1]}
+    got = conv.run(emu_be, x, w, b, r, act, tactic=tactic, residual_after=after, **kw)
+    want = conv.reference(x, w, b, r, act, residual_after=after, **kw)
+    assert aligned and all(aligned), "the output or residual was not vector-aligned: the general epilogue ran"
+    err = np.linalg.norm(got.astype(np.float64) - want) / np.linalg.norm(want.astype(np.float64))
+    tol = 3e-3 if tactic.startswith("mma_tf32") else (2e-3 if dtype == np.float16 else 1e-6)
+    assert err <= tol, f"rel-L2 {err:.3g}"
+
+
 # Darknet's shortcut (FusedConv<Act>Add: act(conv + b) + R) on every tactic the geometry allows, fp32 and fp16
 RES_AFTER = [(c, dt, t) for c in (EMU_CASES[0], EMU_DW[0]) for dt in (np.float32, np.float16)
              for t in _emu_tactics(c, dt)]
