@@ -160,7 +160,9 @@ def test_activations_and_residual(be, act, tactic, after) -> None:
 # aligned), so these run the epilogue compiled per activation class (conv.py FUSER_CONV_EPILOGUE); the shapes above
 # (36 channels) run the general one.
 WHOLE_TILE_TACTICS = ["igemm_64x64", "igemm_128x128", "mma_tf32_64x64", "mma_tf32_ms_64x32", "mma_tf32_ms_128x128",
-                      "mma_f16_64x64", "wgmma_tf32_64x64", "wgmma_tf32_128x128"]
+                      "mma_f16_64x64", "wgmma_tf32_64x64", "wgmma_tf32_128x128", "wgmma_tf32_64x128",
+                      "wgmma_tf32_128x64"]
+WHOLE = ((2, 16, 16, 16), (128, 16, 3, 3), {"pads": [1, 1, 1, 1]})
 
 
 @pytest.mark.parametrize("act", ACTIVATIONS)
@@ -168,11 +170,52 @@ WHOLE_TILE_TACTICS = ["igemm_64x64", "igemm_128x128", "mma_tf32_64x64", "mma_tf3
 @pytest.mark.parametrize("after", [False, True], ids=["res-before", "res-after"])
 def test_activation_classes_on_whole_tiles(be, act, tactic, after) -> None:
     dtype = np.float16 if tactic.startswith("mma_f16") else np.float32
-    xs, ws, attrs = (2, 16, 16, 16), (128, 16, 3, 3), {"pads": [1, 1, 1, 1]}
-    got, want = launch(be, xs, ws, attrs, dtype, tactic, act=act, residual=True, residual_after=after,
+    got, want = launch(be, *WHOLE, dtype, tactic, act=act, residual=True, residual_after=after,
                        seed=seed_of("whole", act, tactic, after))
     err = rel_l2(got, want)
     assert err <= tol_for(tactic, dtype) * (2 if act in ("Sigmoid", "SiLU", "Tanh") else 1), f"rel-L2 {err:.3g}"
+
+
+@pytest.mark.parametrize("tactic", ["igemm_64x64", "mma_tf32_64x64", "mma_tf32_ms_64x64", "mma_f16_64x64",
+                                    "wgmma_tf32_64x64", "wgmma_tf32_128x64"])
+@pytest.mark.parametrize("act", ["LeakyRelu", "SiLU", ""], ids=["LeakyRelu", "SiLU", "none"])
+@pytest.mark.parametrize("res", ["none", "before", "after"])
+def test_whole_tiles_split_k(be, tactic, act, res) -> None:
+    """Split-K (the last split runs the epilogue) on whole tiles, with and without a residual; twice, as the
+    workspace must be clean again."""
+    dtype = np.float16 if tactic.startswith("mma_f16") else np.float32
+    got, want = launch(be, *WHOLE, dtype, tactic, act=act, residual=res != "none", residual_after=res == "after",
+                       seed=seed_of("whole-split", tactic, act, res), splits=2, repeat=2)
+    assert rel_l2(got, want) <= tol_for(tactic, dtype) * (2 if act == "SiLU" else 1)
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS)
+@pytest.mark.parametrize("tactic", ["igemm_64x64", "mma_tf32_ms_64x64", "wgmma_tf32_64x64"])
+def test_whole_tile_epilogue_matches_general_path_on_special_values(be, act, tactic) -> None:
+    """NaN, +-inf, +-0 and huge values reach the activation (through the bias): the per-class epilogue (aligned
+    output, whole tiles) must give what the general one (the same launch on an output one element off) gives,
+    NaN for NaN."""
+    if tactic.startswith("wgmma") and be.arch != "sm_90":
+        pytest.skip("wgmma_tf32 runs on sm_90 only")
+    xs, ws, attrs = WHOLE
+    rng = np.random.default_rng(seed_of("special", act, tactic))
+    x = rng.standard_normal(xs, dtype=np.float32)
+    w = (rng.standard_normal(ws) / np.sqrt(np.prod(ws[1:]))).astype(np.float32)
+    specials = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 3e38, -3e38, 1e-30, -1e-30, 5.0, -5.0, 0.3],
+                        dtype=np.float32)
+    b = np.resize(specials, ws[0]).astype(np.float32)
+    kw = {"alpha": 0.2, "beta": 0.4, "clip_min": -0.5, "clip_max": 0.75}
+    r = conv.Runner(be, xs, np.float32, w, b, activation=act, tactic=tactic, allow_tf32=True, **kw, **attrs)
+    n_out = int(np.prod(r.output_shape))
+    xt = torch.from_numpy(x).cuda()
+    outs = []
+    for off in (0, 1):   # 0: whole-tile class epilogue; 1: misaligned output, the general one
+        ybuf = torch.full((n_out + 8,), 7.0, dtype=torch.float32, device="cuda")
+        r((xt.data_ptr(),), ybuf.data_ptr() + off * 4)
+        torch.cuda.synchronize()
+        outs.append(ybuf[off:off + n_out].cpu().numpy())
+    np.testing.assert_array_equal(np.isnan(outs[0]), np.isnan(outs[1]))
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-6, atol=0, equal_nan=True)
 
 
 @pytest.mark.parametrize("tactic", ["igemm_32x32", "mma_tf32_64x64", "mma_tf32_ms_64x32", "mma_tf32_ms_1x1",
