@@ -489,7 +489,8 @@ FUSER_INLINE fuser_conv_epi_t<ACT> fuser_conv_make_epi(int act, int res_mode, fl
 }
 
 // Runs the epilogue statement `...` with two constants: VEC (every output run of the thread is a whole aligned
-// vector: the host's `vec` and a tile wholly inside the output, `full`) and ACT (with VEC, the activation class
+// vector: the host's `vec` and a tile whose pixels all exist, `full`; rows past the channels are skipped by the
+// callers as before) and ACT (with VEC, the activation class
 // of the run-time code `act`; without, -1: any code, any run). Tanh (rare in CNNs, and tanhf is long) always
 // takes the general path. The likely case comes first, so that its code follows the main loop's.
 // Why: a GEMM epilogue is unrolled over every output a thread holds, and with fuser_activation's switch and the
@@ -792,7 +793,7 @@ FUSER_INLINE void fuser_conv_igemm(FUSER_CONV_GEMM_PARAMS(T, float)) {
         bq[rn] = nl[rn] > 0 ? n0 / OHW : 0;
         pq[rn] = n0 - bq[rn] * OHW;
     }
-    FUSER_CONV_EPILOGUE(act, vec && m0 + BM <= Mg && nb + BN <= npix,
+    FUSER_CONV_EPILOGUE(act, vec && nb + BN <= npix,
         fuser_igemm_epilogue<T, BM, RM, RN, VEC>(acc, y, r, bias, g, m0 + ty * 4, bq, pq, nl, Mg, OHW, img_out, vec,
                                                  fuser_conv_make_epi<ACT>(act, res_mode, p0, p1)))
 }

@@ -353,7 +353,7 @@ FUSER_INLINE void fuser_conv_mma(FUSER_CONV_GEMM_PARAMS(typename fuser_mma_t<F16
         __syncthreads();
     }
     if (splits > 1 && !fuser_mma_splitk<BM, BN, MI, NI>(acc, ws, cnt, splits, wm * WTM, wn * WTN, &s_last)) return;
-    FUSER_CONV_EPILOGUE(act, vec && m0 + BM <= Mg && nb + BN <= npix,
+    FUSER_CONV_EPILOGUE(act, vec && nb + BN <= npix,
         fuser_mma_epilogue<T, MI, NI, VEC>(acc, y, r, bias, g, m0 + wm * WTM, nb + wn * WTN, Mg, npix, OHW, img_out,
                                            vec, fuser_conv_make_epi<ACT>(act, res_mode, p0, p1)))
 }
@@ -662,7 +662,7 @@ FUSER_INLINE void fuser_conv_mma_ms(FUSER_CONV_GEMM_PARAMS(float, float)) {
 
     // Split-K sums over the logical (row, n8 column) positions: the same in every split of a tile.
     if (splits > 1 && !fuser_mma_splitk<BM, BN, MI, NI>(acc, ws, cnt, splits, wm * WTM, wn * WTN, &s_last)) return;
-    FUSER_CONV_EPILOGUE(act, vec && m0 + BM <= Mg && nb + BN <= npix,
+    FUSER_CONV_EPILOGUE(act, vec && nb + BN <= npix,
         fuser_ms_epilogue<MI, NI, VEC>(acc, y, r, bias, g, m0 + wm * WTM, nb + wn * WTN, Mg, npix, OHW, img_out, vec,
                                        fuser_conv_make_epi<ACT>(act, res_mode, p0, p1)))
 }

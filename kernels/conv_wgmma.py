@@ -312,7 +312,7 @@ FUSER_INLINE void fuser_conv_wgmma(FUSER_CONV_GEMM_PARAMS(float, float)) {
             for (int j = 0; j < 4; ++j) c[j] = atomicExch(wt + i * 4 + j, 0.0f);
         }
     }
-    FUSER_CONV_EPILOGUE(act, vec && m0 + BN <= Mg && nb + BM <= npix,
+    FUSER_CONV_EPILOGUE(act, vec && nb + BM <= npix,
         fuser_cwg_epilogue<NCH, THR, CPR, LDC, VEC>(cs, y, r, bias, g, m0, nb, Mg, npix, OHW, img_out, vec,
                                                     fuser_conv_make_epi<ACT>(act, res_mode, p0, p1)))
 }
