@@ -35,7 +35,7 @@ if [ -n "${PROFILE:-}" ]; then   # PROFILE="N C H W M K tactic ...[; N C H W M K
     done
     grep -E "fuser_conv|[a-z_]+conv[a-z_0-9]*|gemm|xmma|Duration|Compute \(SM\) Throughput|Registers Per|Achieved Occupancy|Warp Cycles Per Issued|Issued Warp Per|Block Limit Reg|Block Limit Shared|stalled|L2 Cache Throughput|DRAM Throughput" "$OUT/ncu.txt" | head -90
 fi
-if [ -n "${TUNE_CNN:-}" ]; then   # NCU_K (ncu kernel filter, default regex:fuser_conv), TUNE_CNN="resnet50 darknet53 ...": --tune on real exports, fp32 then TF32
+if [ -n "${TUNE_CNN:-}" ]; then   # TUNE_CNN="resnet50 darknet53 ...": --tune on real exports, fp32 then TF32
     timeout 400 python3 "$REPO/bench/tune_cnn.py" --out "$OUT" $TUNE_CNN 2>&1 | tee "$OUT/tune_cnn.log" | tail -8
     timeout 200 python3 "$REPO/bench/tune_cnn.py" --out "$OUT" --allow-tf32 resnet50 2>&1 | tee -a "$OUT/tune_cnn.log" | tail -5
 fi

@@ -59,17 +59,7 @@ def profile(run, sync) -> dict[str, float]:
 
 
 def ort_runner(path: str, feeds: dict, tf32: bool):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    s = ort.InferenceSession(path, opts, providers=[("CUDAExecutionProvider",
-                                                      {"device_id": "0", "use_tf32": "1" if tf32 else "0"})])
-    io_ = s.io_binding()
-    for k, v in feeds.items():
-        io_.bind_ortvalue_input(k, ort.OrtValue.ortvalue_from_numpy(v, "cuda", 0))
-    for o in s.get_outputs():
-        io_.bind_output(o.name, "cuda", 0)
+    s, io_ = e2e.ort_bound(path, feeds, {"device_id": "0", "use_tf32": "1" if tf32 else "0"})
     return (lambda: s.run_with_iobinding(io_)), (lambda: None)
 
 
