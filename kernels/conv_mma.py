@@ -139,19 +139,23 @@ FUSER_INLINE void fuser_mma_f16(float (&d)[4], const fuser_u32 (&a)[4], const fu
 template <int F16> struct fuser_mma_t { typedef float T; };
 template <> struct fuser_mma_t<1> { typedef fuser_half T; };
 
-// Epilogue of an m16n8 accumulator grid: warp tile rows wm0 + mi*16 + {g, g+8}, pixels wn0 + ni*8 + 2t.
-template <typename T, int MI, int NI, bool VEC, class Epi>
+// Epilogue of an m16n8 accumulator grid: warp tile rows mrow0 + mi*16 + {g, g+8}; NQ: how the warp's n8 tiles are
+// interleaved (mma_tf32_ms, see below: groups of NQ tiles, the pixel of column c of tile ni is
+// 8 NQ (ni / NQ) + NQ c + ni % NQ; NQ = 1 is the plain order, pixels ncol0 + ni*8 + 2t). Each thread stores runs of
+// VW = min(2 NQ, 4) consecutive pixels: run f starts at ncol0 + 8 NQ (f / FPG) + 2 NQ t + VW (f % FPG).
+template <typename T, int MI, int NI, int NQ, bool VEC, class Epi>
 FUSER_INLINE void fuser_mma_epilogue(const float (&acc)[MI][NI][4], T* __restrict__ y, const T* __restrict__ r,
                                      const float* __restrict__ bias, int g, int mrow0, int ncol0, int Mg,
                                      int npix, int OHW, fuser_i64 img_out, int vec, const Epi& epi) {
+    constexpr int VW = 2 * NQ < 4 ? 2 * NQ : 4, FPG = 2 * NQ / VW, NV = 2 * NI / VW;
     const int lane = threadIdx.x & 31, gq = lane >> 2, tq = lane & 3;
-    int bq[NI], pq[NI], nl[NI];
+    int bq[NV], pq[NV], nl[NV];
 #pragma unroll
-    for (int ni = 0; ni < NI; ++ni) {
-        const int n = ncol0 + ni * 8 + 2 * tq;
-        nl[ni] = npix - n;
-        bq[ni] = nl[ni] > 0 ? n / OHW : 0;
-        pq[ni] = n - bq[ni] * OHW;
+    for (int f = 0; f < NV; ++f) {
+        const int n = ncol0 + 8 * NQ * (f / FPG) + 2 * NQ * tq + VW * (f % FPG);
+        nl[f] = npix - n;
+        bq[f] = nl[f] > 0 ? n / OHW : 0;
+        pq[f] = n - bq[f] * OHW;
     }
 #pragma unroll
     for (int mi = 0; mi < MI; ++mi) {
@@ -162,10 +166,14 @@ FUSER_INLINE void fuser_mma_epilogue(const float (&acc)[MI][NI][4], T* __restric
                 const int co = g * Mg + m;
                 const float bv = bias[co];
 #pragma unroll
-                for (int ni = 0; ni < NI; ++ni) {
-                    float v[2];
-                    v[0] = acc[mi][ni][2 * h]; v[1] = acc[mi][ni][2 * h + 1];
-                    fuser_conv_out<T, 2, VEC>(y, r, co, bq[ni], pq[ni], nl[ni], v, bv, OHW, img_out, vec, epi);
+                for (int f = 0; f < NV; ++f) {
+                    float v[VW];
+#pragma unroll
+                    for (int j = 0; j < VW; ++j) {   // run position i = e NQ + ni % NQ
+                        const int i = VW * (f % FPG) + j;
+                        v[j] = acc[mi][NQ * (f / FPG) + i % NQ][2 * h + i / NQ];
+                    }
+                    fuser_conv_out<T, VW, VEC>(y, r, co, bq[f], pq[f], nl[f], v, bv, OHW, img_out, vec, epi);
                 }
             }
         }
@@ -354,8 +362,8 @@ FUSER_INLINE void fuser_conv_mma(FUSER_CONV_GEMM_PARAMS(typename fuser_mma_t<F16
     }
     if (splits > 1 && !fuser_mma_splitk<BM, BN, MI, NI>(acc, ws, cnt, splits, wm * WTM, wn * WTN, &s_last)) return;
     FUSER_CONV_EPILOGUE(act, vec && nb + BN <= npix,
-        fuser_mma_epilogue<T, MI, NI, VEC>(acc, y, r, bias, g, m0 + wm * WTM, nb + wn * WTN, Mg, npix, OHW, img_out,
-                                           vec, fuser_conv_make_epi<ACT>(act, res_mode, p0, p1)))
+        fuser_mma_epilogue<T, MI, NI, 1, VEC>(acc, y, r, bias, g, m0 + wm * WTM, nb + wn * WTN, Mg, npix, OHW,
+                                              img_out, vec, fuser_conv_make_epi<ACT>(act, res_mode, p0, p1)))
 }
 
 #define FUSER_MMA_ENTRY(NAME, F16, T, BM, BN, WGM, WGN)                                                 \
@@ -442,48 +450,6 @@ FUSER_INLINE void fuser_ms_lds(fuser_u32 (&d)[NI], const fuser_u32* p) {
         } else {
             const uint2 t = *reinterpret_cast<const uint2*>(p + 8 * NQ * q);
             d[2 * q] = t.x; d[2 * q + 1] = t.y;
-        }
-    }
-}
-
-// The multistage kernel's warp tile outputs (fragment order above): rows mrow0 + mi * 16 + {g, g + 8}, the
-// thread's runs of 2 NQ pixels from ncol0, stored as float4s.
-template <int MI, int NI, bool VEC, class Epi>
-FUSER_INLINE void fuser_ms_epilogue(const float (&acc)[MI][NI][4], float* __restrict__ y, const float* __restrict__ r,
-                                    const float* __restrict__ bias, int g, int mrow0, int ncol0, int Mg, int npix,
-                                    int OHW, fuser_i64 img_out, int vec, const Epi& epi) {
-    constexpr int NQ = NI < 4 ? NI : 4;
-    const int lane = threadIdx.x & 31;
-    // float4 f of this thread's run in group q: pixels ncol0 + 8 NQ q + 2 NQ tq + 4 f' (f' = f % (NQ / 2))
-    constexpr int FPG = NQ / 2, NV = NI / 2;
-    const int gq = lane >> 2, tq = lane & 3;
-    int bq[NV], pq[NV], nl[NV];
-#pragma unroll
-    for (int f = 0; f < NV; ++f) {
-        const int n = ncol0 + 8 * NQ * (f / FPG) + 2 * NQ * tq + 4 * (f % FPG);
-        nl[f] = npix - n;
-        bq[f] = nl[f] > 0 ? n / OHW : 0;
-        pq[f] = n - bq[f] * OHW;
-    }
-#pragma unroll
-    for (int mi = 0; mi < MI; ++mi) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int m = mrow0 + mi * 16 + h * 8 + gq;
-            if (m < Mg) {
-                const int co = g * Mg + m;
-                const float bv = bias[co];
-#pragma unroll
-                for (int f = 0; f < NV; ++f) {
-                    float v[4];
-#pragma unroll
-                    for (int j = 0; j < 4; ++j) {   // run position i = e NQ + ni % NQ
-                        const int i = 4 * (f % FPG) + j;
-                        v[j] = acc[mi][NQ * (f / FPG) + i % NQ][2 * h + i / NQ];
-                    }
-                    fuser_conv_out<float, 4, VEC>(y, r, co, bq[f], pq[f], nl[f], v, bv, OHW, img_out, vec, epi);
-                }
-            }
         }
     }
 }
@@ -663,8 +629,8 @@ FUSER_INLINE void fuser_conv_mma_ms(FUSER_CONV_GEMM_PARAMS(float, float)) {
     // Split-K sums over the logical (row, n8 column) positions: the same in every split of a tile.
     if (splits > 1 && !fuser_mma_splitk<BM, BN, MI, NI>(acc, ws, cnt, splits, wm * WTM, wn * WTN, &s_last)) return;
     FUSER_CONV_EPILOGUE(act, vec && nb + BN <= npix,
-        fuser_ms_epilogue<MI, NI, VEC>(acc, y, r, bias, g, m0 + wm * WTM, nb + wn * WTN, Mg, npix, OHW, img_out, vec,
-                                       fuser_conv_make_epi<ACT>(act, res_mode, p0, p1)))
+        fuser_mma_epilogue<float, MI, NI, NQ, VEC>(acc, y, r, bias, g, m0 + wm * WTM, nb + wn * WTN, Mg, npix, OHW,
+                                                   img_out, vec, fuser_conv_make_epi<ACT>(act, res_mode, p0, p1)))
 }
 
 #define FUSER_MS_ENTRY(NAME, BM, BN, WGM, WGN, STAGES, MINB, BK)                                        \
