@@ -443,3 +443,48 @@ def test_wgmma_split_repeated_launches(be):
             got = out.to(torch.float64).cpu().numpy().reshape(want.shape)
             assert not np.isnan(got).any()
             assert np.linalg.norm(got - want) / np.linalg.norm(want) <= TOL["float16"], (it, rr.plan["family"])
+
+
+# -- flash_wgmma's triple blocks (variant 2n64qt): a pair tile and a key-split 64-row single per block ------------
+
+@pytest.mark.parametrize("shape", [
+    (1, 1, 1, 64, 64, 64, 64),      # one tile: a pair block, no single
+    (1, 3, 3, 300, 333, 64, 64),    # 9 tiles: 6 blocks, 6 singles; 6 key tiles, the last partial
+    (2, 2, 1, 65, 130, 40, 64),     # GQA; the last tile's second single past Sq (none); 3 key tiles
+    (3, 2, 2, 129, 1, 64, 16),      # one key (the second half of every single is empty, fully masked)
+    (1, 5, 1, 513, 1000, 24, 40),   # MQA, head dims below 64, Dv != D, 16 key tiles
+    (2, 4, 4, 1, 700, 64, 64),      # Sq = 1: pair tiles of one row, no single rows
+    (1, 4, 2, 384, 64, 64, 64),     # exactly one key tile (no second stage: the single opens stage 1 at once)
+], ids=lambda s: "x".join(map(str, s)))
+def test_wgmma_triple(be, shape):
+    """Pinned 2n64qt on shapes off its tiles: every element written (NaN-poisoned), against float64, fp16 and bf16;
+    causal pinned runs the causal variant."""
+    wgmma_device(be)
+    b, h, hkv, sq, skv, d, dv = shape
+    r = A.Runner(be, (b, h, sq, d), (b, hkv, skv, d), (b, hkv, skv, dv), "float16", tactic="flash_wgmma_2n64qt")
+    assert r.plan["family"] == "wg2n64qt" and r.plan["grid"] == (A._wg.tri_blocks(b * h * -(-sq // 128)), 1, 1)
+    for i, dtype in enumerate(("float16", "bfloat16")):
+        check(be, dtype, "flash_wgmma_2n64qt", *shape, seed=i)
+    check(be, "float16", "flash_wgmma_2n64qt", *shape, causal=True)
+
+
+def test_wgmma_triple_rule_shape(be):
+    """The rule's own case (B=8, 12 heads, S=512: 384 tiles over 2 x SMs slots on a 132-SM part) through auto,
+    launched twice on fresh inputs, nothing written past the output."""
+    wgmma_device(be)
+    b, h, s, d = 8, 12, 512, 64
+    r = A.Runner(be, (b, h, s, d), (b, h, s, d), (b, h, s, d), "float16", tactic="flash_wgmma")
+    n = b * h * 4
+    if 2 * be.num_sms < n <= 3 * be.num_sms:
+        assert r.plan["family"] == "wg2n64qt"
+    for it in range(2):
+        q, k, v = (rounded(rnd((b, h, s, d), 7 * it + j), "float16") for j in range(3))
+        want = A.reference(q.astype(np.float64), k, v)
+        out = torch.full((b * h * s * d + 64,), float("nan"), dtype=torch.float16, device="cuda")
+        r([to_dev(x, "float16") for x in (q, k, v)], out.data_ptr())
+        torch.cuda.synchronize()
+        got_all = out.to(torch.float64).cpu().numpy()
+        assert np.isnan(got_all[b * h * s * d:]).all()
+        got = got_all[:b * h * s * d].reshape(want.shape)
+        assert not np.isnan(got).any()
+        assert np.linalg.norm(got - want) / np.linalg.norm(want) <= TOL["float16"]
