@@ -39,8 +39,8 @@ from fuser.kernels.backend import select_backend
 L2_FACTOR = 3
 OPTIONS = {"tf32_only": False}  # --tf32: run the TF32 rows only
 # flash_wgmma (Hopper only; elsewhere these rows run flash_mma): the launch rule's pick, then pinned variants
-WGMMA = ["flash_wgmma", "flash_wgmma_2n64q", "flash_wgmma_2n64qt", "flash_wgmma_2n64qp", "flash_wgmma_2n64qs",
-         "flash_wgmma_1n64q3", "flash_wgmma_2n64"]
+WGMMA = ["flash_wgmma", "flash_wgmma_2n64q", "flash_wgmma_2n64qp", "flash_wgmma_2n64qs", "flash_wgmma_1n64q3",
+         "flash_wgmma_2n64"]
 CASES = {"re": None}  # --cases REGEX: only the cases whose name matches
 
 

@@ -41,7 +41,9 @@ exponentials on the FMA pipe (the special-function unit is not the limit, issue 
 tiles (register-bound to one block per SM) and 3 warpgroups per block were slower than 2 warpgroups on 64-key
 tiles. For the S=512 tail (bench/results/2026-11-21_attn_s512_notes.md): persistent blocks (the next tile's loads
 under the current one's last key tile) lost to the hardware's block placement, and blocks of two 256-thread
-sub-blocks splitting the last wave's tiles in shared memory ran every tile 25% slower; neither is in the tree.
+sub-blocks splitting the last wave's tiles in shared memory ran every tile 25% slower; one wave of "triple" blocks
+(a pair tile, then a 64-row single whose keys the two warpgroups split) ran no faster than two waves (the loop is
+latency-bound, not tail-bound; BENCHMARKS.md, "Triple blocks"); none is in the tree.
 
 Every other case (terms, wider heads, other archs, AMD) is not this tactic: the launch rule falls back to
 ``flash_mma``. On anything but an ``sm_90a`` compile the entry points are stubs (a trap on NVIDIA, empty on AMD),
@@ -323,32 +325,6 @@ FUSER_INLINE void fuser_wg_kv(fuser_u32 kdst, fuser_u32 vdst, const unsigned sho
     }
 }
 
-// O's rows row0 and row0 + 8 of head h, batch b: this thread's columns 8j + 2t, 8j + 2t + 1, normalised by the row
-// sums (this thread's partial sums reduced over the quad here); rows past Sq are not stored.
-template <int BF16>
-FUSER_INLINE void fuser_wg_store(const fuser_attn_params& p, const float (&oacc)[32], const float (&l_r)[2], int b,
-                                 int h, int row0, int t) {
-    unsigned short* o = (unsigned short*)p.o + (fuser_i64)b * p.o_sb + (fuser_i64)h * p.o_sh;
-#pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-        const int row = row0 + 8 * hr;
-        float l = l_r[hr];
-        l += fuser_shfl_xor(l, 1);
-        l += fuser_shfl_xor(l, 2);
-        if (row >= p.Sq) continue;
-        unsigned short* orow = o + (fuser_i64)row * p.o_ss;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            const int col = 8 * j + 2 * t;
-            if (col < p.Dv) {
-                const float a = fuser_attn_finish(oacc[4 * j + 2 * hr], l, p.nan_zero);
-                const float c = fuser_attn_finish(oacc[4 * j + 2 * hr + 1], l, p.nan_zero);
-                *reinterpret_cast<fuser_u32*>(orow + col) = fuser_wg_pack2<BF16>(a, c);
-            }
-        }
-    }
-}
-
 // Split tiles (the grid's tail, SPLIT entries): each half writes its partial state (O unnormalised against its
 // reference max m, m and the per-thread row sums l) to a module-global workspace, in this thread's own fragment
 // layout (the other half's thread tid holds the same rows and columns), then counts itself in on the tile's
@@ -585,235 +561,26 @@ FUSER_INLINE void fuser_attn_wgmma(const fuser_attn_params& p) {
         asm volatile("mov.u32 %0, %%ctaid.x;" : "=r"(cta));
         fuser_wg_place<BR, SPLIT>(p, cta, mb, b, h, half);
     }
-    fuser_wg_store<BF16>(p, oacc, l_r, b, h, row0, t);
-    FUSER_WG_TRACE_AT(threadIdx.x == 0, 2);
-}
-
-// ------------------------------ triple blocks (variant 2n64qt) ------------------------------
-// Where the 128-row query tiles overfill one wave of block slots by up to half (n tiles, slots < n <= 1.5 slots),
-// a second wave of lone blocks would run with half an SM's warps each (the S=512 timeline: 44% of the kernel).
-// Instead a grid of G = ceil(2n/3) blocks runs in one wave: block i takes pair tile i (its two warpgroups 64 query
-// rows each, as 2n64q) and then, for i < 2(n - G), one 64-row single of the tiles G.. (tile G + i/2, half i % 2),
-// whose key tiles the two warpgroups split (warpgroup 0 the first ceil(nt/2), warpgroup 1 the rest) and merge
-// through shared memory at the end. Stages hold two 64-key sub-tiles: the pair's tiles 2g and 2g + 1 (each
-// warpgroup runs both), then the single's tiles j and ceil(nt/2) + j (each warpgroup its own); the loads run one
-// stage ahead across the change of phase, so the single's first keys land under the pair's last. A sub-tile past
-// the keys (odd nt) is zero-filled and fully masked. Non-causal only (the launch rule's choice).
-// Block blockIdx.x's pair tile (single = 0) or single (1): batch, head, first query row (no single: q0 = Sq).
-// Recomputed where needed rather than held in registers through the loop (the loop has none to spare).
-FUSER_INLINE void fuser_wgt_place(const fuser_attn_params& p, int single, int& b, int& h, int& q0) {
-    unsigned int cta;
-    asm volatile("mov.u32 %0, %%ctaid.x;" : "=r"(cta));
-    const int nq = (p.Sq + 127) / 128, n = nq * p.H * p.B, G = (int)gridDim.x, i = (int)cta;
-    int tile = i;
-    if (single) {
-        if (i >= 2 * (n - G)) {
-            b = h = 0;
-            q0 = p.Sq;
-            return;
-        }
-        tile = G + (i >> 1);
-    }
-    h = (tile / nq) % p.H;
-    b = tile / (nq * p.H);
-    q0 = (tile % nq) * 128 + (single ? (i & 1) * 64 : 0);
-}
-
-// Stage gs's K/V (two 64-key sub-tiles) into dst: the pair's tiles 2gs and 2gs + 1, or (gs >= ns, the single's
-// stage j = gs - ns) its tiles j and ns + j. Rows past the keys (a whole sub-tile at odd nt) are zero-filled.
-template <int BF16>
-FUSER_INLINE void fuser_wgt_load(const fuser_attn_params& p, fuser_u32 dst, int gs, int ns) {
-    enum { TILE = 64 * 128 };
-    const int lr = threadIdx.x >> 3, lc = threadIdx.x & 7;
-    const bool ph2 = gs >= ns, dok = lc * 8 < p.D, vok = lc * 8 < p.Dv;
-    int bb, hh, q0;
-    fuser_wgt_place(p, ph2, bb, hh, q0);
-    const int hk = hh / (p.H / p.Hkv);
-    const unsigned short* k = (const unsigned short*)p.k + (fuser_i64)bb * p.k_sb + (fuser_i64)hk * p.k_sh;
-    const unsigned short* v = (const unsigned short*)p.v + (fuser_i64)bb * p.v_sb + (fuser_i64)hk * p.v_sh;
-    const fuser_u32 d0 = dst + lr * 128 + ((lc ^ (lr & 7)) << 4);
-#pragma unroll
-    for (int sub = 0; sub < 2; ++sub) {
-        const int tile = ph2 ? gs - ns + sub * ns : 2 * gs + sub, r = tile * 64 + lr;
-        fuser_wg_kv<64, 256>(d0 + sub * TILE, d0 + (2 + sub) * TILE, k + (fuser_i64)r * p.k_ss + lc * 8,
-                             v + (fuser_i64)r * p.v_ss + lc * 8, 32 * p.k_ss, 32 * p.v_ss, k, v, p.Skv - r, dok, vok);
-    }
-}
-
-// Opens stage gs: its loads landed (every thread's, published by the barrier), then stage gs + 1's go out into the
-// slot of stage gs - 2 (read by nobody past this barrier).
-template <int BF16>
-FUSER_INLINE void fuser_wgt_open(const fuser_attn_params& p, fuser_u32 s_r, int gs, int nstg, int ns) {
-    enum { STAGE = 4 * 64 * 128 };
-    fuser_wg_cp_wait<0>();
-    fuser_wg_proxy_fence();
-    __syncthreads();
-    if (gs + 1 < nstg) fuser_wgt_load<BF16>(p, s_r + ((gs + 1) % 3) * STAGE, gs + 1, ns);
-    fuser_wg_cp_commit();
-}
-
-template <int BF16>
-FUSER_INLINE void fuser_attn_wgmma_tri(const fuser_attn_params& p) {
-    enum { NN = 8, KS = 4, TILE = 64 * 128, STAGE = 4 * TILE };
-    extern __shared__ __align__(1024) unsigned char fuser_wg_smem[];
-    FUSER_WG_TRACE_AT(threadIdx.x == 0, 1);
-    // three stages (K sub-tiles 0 and 1, then V's), then the single's Q [64][64]; the pair's Q [128][64] waits in
-    // stage 2's space until its fragments are read (stage 2's loads go out after stage 1's barrier)
-    const fuser_u32 s_base = fuser_wg_smem_u32(fuser_wg_smem), s_r = (s_base + 1023u) & ~1023u;
-    const fuser_u32 s_qab = s_r + 2 * STAGE, s_qc = s_r + 3 * STAGE;
-    const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, t = lane & 3;
-    const int nt = (p.Skv + 63) / 64, ns = (nt + 1) / 2;
-    int nstg;
-    {
-        const bool dok = (tid & 7) * 8 < p.D;
-        int b, h, q0;
-        fuser_wgt_place(p, 0, b, h, q0);
-        const unsigned short* q = (const unsigned short*)p.q + (fuser_i64)b * p.q_sb + (fuser_i64)h * p.q_sh;
-        fuser_wg_tile<128, 256>(s_qab, q + (fuser_i64)q0 * p.q_ss, q, p.q_ss, p.Sq - q0, dok, tid);
-        fuser_wgt_place(p, 1, b, h, q0);
-        const bool single = q0 < p.Sq;
-        if (single) {
-            const unsigned short* qc = (const unsigned short*)p.q + (fuser_i64)b * p.q_sb + (fuser_i64)h * p.q_sh;
-            fuser_wg_tile<64, 256>(s_qc, qc + (fuser_i64)q0 * p.q_ss, qc, p.q_ss, p.Sq - q0, dok, tid);
-        }
-        nstg = single ? 2 * ns : ns;
-        fuser_wgt_load<BF16>(p, s_r, 0, ns);
-        fuser_wg_cp_commit();
-    }
-    const float sl = p.scale * FUSER_LOG2E;
-    const fuser_u32 zero = (fuser_u32)p.Skv >> 31;  // 0, not known to the compiler (see fuser_attn_wgmma)
-    float oacc[32], m_r[2], l_r[2];
-    // item it of phase ph (0: the pair, 2ns items; 1: the single, ns items per warpgroup) reads stage
-    // ph ? ns + it : it / 2, sub-tile ph ? wg : it % 2, keys from 64 (ph ? wg ns + it : it); its stage is opened by
-    // the stage's first item. Positions are recomputed from (ph, it), not carried (no registers to spare).
-#pragma unroll 1
-    for (int ph = 0; ph < (nstg > ns ? 2 : 1); ++ph) {
-        const int items = ph ? ns : 2 * ns;
-        int row0;
-        {
-            int b, h, q0;
-            fuser_wgt_place(p, ph, b, h, q0);
-            row0 = q0 + (ph ? 0 : wg * 64) + warp * 16 + g;
-        }
-#pragma unroll
-        for (int j = 0; j < 32; ++j) oacc[j] = 0.0f;
-        m_r[0] = m_r[1] = FUSER_NEG_INF;
-        l_r[0] = l_r[1] = 0.0f;
-        fuser_u32 qf[4][4], pa[KS][4];
-        // item 0: open its stage, this phase's Q fragments, S and its softmax (its P·V goes with item 1's S)
-        fuser_wgt_open<BF16>(p, s_r, ph * ns, nstg, ns);
-        {
-            const int r = (ph ? 0 : wg * 64) + warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
-            const fuser_u32 qb = ph ? s_qc : s_qab;
-#pragma unroll
-            for (int kk = 0; kk < 4; ++kk) {
-                const fuser_u32 addr = qb + r * 128 + (((2 * kk + (lane >> 4)) ^ (lane & 7)) << 4);
-                asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
-                             : "=r"(qf[kk][0]), "=r"(qf[kk][1]), "=r"(qf[kk][2]), "=r"(qf[kk][3]) : "r"(addr)
-                             : "memory");
-            }
-            const int k0 = ph ? wg * ns * 64 : 0;
-            const fuser_u32 st = s_r + ((ph * ns) % 3) * STAGE + (ph ? wg : 0) * TILE;
-            float s[NN * 4];
-            fuser_wg_fence();
-            fuser_wg_qk<BF16, 1>(s, qf, 0, fuser_wg_desc(st, 16, 1024));
-            fuser_wg_commit();
-            fuser_wg_wait<0>();
-            fuser_wg_keep(s);
-            float alpha[2];
-            fuser_wg_softmax<NN>(s, m_r, l_r, alpha, k0 + 64 <= p.Skv, sl, 0, p.Skv, row0, k0, t);
-            fuser_wg_pack<BF16, NN>(pa, s);
-        }
-        for (int it = 1; it < items; ++it) {
-            const int stg = ph ? ns + it : it >> 1, sub = ph ? wg : it & 1;
-            if (ph || !(it & 1)) fuser_wgt_open<BF16>(p, s_r, stg, nstg, ns);
-            const int pstg = ph ? ns + it - 1 : (it - 1) >> 1, psub = ph ? wg : (it - 1) & 1;
-            const int k0 = 64 * (ph ? wg * ns + it : it);
-            const fuser_u32 st = s_r + (stg % 3) * STAGE + sub * TILE;
-            float s[NN * 4];
-            fuser_wg_keep(oacc);
-            fuser_wg_keep(pa);
-            fuser_wg_fence();
-            fuser_wg_qk<BF16, 1>(s, qf, 0, fuser_wg_desc(st, 16, 1024));
-            fuser_wg_commit();
-            fuser_wg_pv<BF16, KS>(oacc, pa, fuser_wg_desc(s_r + (pstg % 3) * STAGE + (2 + psub) * TILE, TILE, 1024));
-            fuser_wg_commit();
-            fuser_wg_wait<1>();
-            fuser_wg_keep(s);
-            float alpha[2];
-            const bool resc = fuser_wg_softmax<NN>(s, m_r, l_r, alpha, k0 + 64 <= p.Skv, sl, 0, p.Skv, row0, k0, t);
-            fuser_wg_keep(s);
-            if (zero == 0u) fuser_wg_wait<0>();
-            else fuser_wg_wait<0>();
-            fuser_wg_keep(oacc);
-            if (resc) fuser_wg_rescale(oacc, alpha);
-            fuser_wg_pack<BF16, NN>(pa, s);
-        }
-        {
-            const int pstg = ph ? ns + items - 1 : (items - 1) >> 1, psub = ph ? wg : (items - 1) & 1;
-            fuser_wg_keep(oacc);
-            fuser_wg_keep(pa);
-            fuser_wg_fence();
-            fuser_wg_pv<BF16, KS>(oacc, pa, fuser_wg_desc(s_r + (pstg % 3) * STAGE + (2 + psub) * TILE, TILE, 1024));
-            fuser_wg_commit();
-            fuser_wg_wait<0>();
-            fuser_wg_keep(oacc);
-        }
-        if (!ph) {
-            int b, h, q0;
-            fuser_wgt_place(p, 0, b, h, q0);
-            fuser_wg_store<BF16>(p, oacc, l_r, b, h, row0, t);
-        }
-    }
-    if (nstg == ns) {  // no single
-        FUSER_WG_TRACE_AT(threadIdx.x == 0, 2);
-        return;
-    }
-    // the single's halves: warpgroup 1's state through the slot of stage nstg (that of stage nstg - 3, read by
-    // nobody past the last stage's barrier, loaded by nobody), merged by warpgroup 0, which stores the rows
-    // (positions recomputed from scratch: values carried from the prologue to here were spilled)
-    unsigned char* smem_r;
-    asm volatile("mov.b64 %0, %1;" : "=l"(smem_r) : "l"(fuser_wg_smem));
-    smem_r += (1024u - (fuser_wg_smem_u32(smem_r) & 1023u)) & 1023u;
-    float4* ws = reinterpret_cast<float4*>(smem_r + ((2 * ((p.Skv + 127) / 128)) % 3) * STAGE) + (threadIdx.x & 127);
-    if (wg) {
-#pragma unroll
-        for (int j = 0; j < 8; ++j)
-            ws[j * 128] = make_float4(oacc[4 * j], oacc[4 * j + 1], oacc[4 * j + 2], oacc[4 * j + 3]);
-        ws[8 * 128] = make_float4(m_r[0], m_r[1], l_r[0], l_r[1]);
-    }
-    __syncthreads();
-    if (wg) return;
-    const float4 so = ws[8 * 128];
-    const float mo[2] = {so.x, so.y}, lo[2] = {so.z, so.w};
-    float as[2], ao[2];
+    unsigned short* o = (unsigned short*)p.o + (fuser_i64)b * p.o_sb + (fuser_i64)h * p.o_sh;
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
-        const float mn = fmaxf(m_r[hr], mo[hr]);
-        as[hr] = m_r[hr] == FUSER_NEG_INF ? 0.0f : fuser_exp2(m_r[hr] - mn);
-        ao[hr] = mo[hr] == FUSER_NEG_INF ? 0.0f : fuser_exp2(mo[hr] - mn);
-        l_r[hr] = l_r[hr] * as[hr] + lo[hr] * ao[hr];
-    }
+        const int row = row0 + 8 * hr;
+        float l = l_r[hr];
+        l += fuser_shfl_xor(l, 1);
+        l += fuser_shfl_xor(l, 2);
+        if (row >= p.Sq) continue;
+        unsigned short* orow = o + (fuser_i64)row * p.o_ss;
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-        const float4 x = ws[j * 128];
-        oacc[4 * j] = fmaf(oacc[4 * j], as[0], x.x * ao[0]);
-        oacc[4 * j + 1] = fmaf(oacc[4 * j + 1], as[0], x.y * ao[0]);
-        oacc[4 * j + 2] = fmaf(oacc[4 * j + 2], as[1], x.z * ao[1]);
-        oacc[4 * j + 3] = fmaf(oacc[4 * j + 3], as[1], x.w * ao[1]);
+        for (int j = 0; j < 8; ++j) {
+            const int col = 8 * j + 2 * t;
+            if (col < p.Dv) {
+                const float a = fuser_attn_finish(oacc[4 * j + 2 * hr], l, p.nan_zero);
+                const float c = fuser_attn_finish(oacc[4 * j + 2 * hr + 1], l, p.nan_zero);
+                *reinterpret_cast<fuser_u32*>(orow + col) = fuser_wg_pack2<BF16>(a, c);
+            }
+        }
     }
-    int bc, hc, q0c;
-    fuser_wgt_place(p, 1, bc, hc, q0c);
-    fuser_wg_store<BF16>(p, oacc, l_r, bc, hc, q0c + warp * 16 + g, t);
     FUSER_WG_TRACE_AT(threadIdx.x == 0, 2);
-}
-
-// An entry's body: SPLIT 2 is the triple-block kernel (2 warpgroups, 64-key sub-tiles, Q in registers), else the
-// one-tile kernel (SPLIT 1: with the split tail)
-template <int BF16, int NWG, int BC, int QR, int SPLIT, int PF>
-FUSER_INLINE void fuser_attn_wg_entry(const fuser_attn_params& p) {
-    if constexpr (SPLIT == 2) fuser_attn_wgmma_tri<BF16>(p);
-    else fuser_attn_wgmma<BF16, NWG, BC, QR, SPLIT, PF>(p);
 }
 #endif  // sm_90a
 """
@@ -824,7 +591,7 @@ ENTRY_MACROS = r"""
 #if defined(FUSER_CUDA) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define FUSER_ATTN_WG(NAME, BF16, NWG, BC, QR, MINB, SPLIT, PF)                                          \
     FUSER_GLOBAL void __launch_bounds__(128 * NWG, MINB) NAME(const fuser_attn_params p) {                  \
-        fuser_attn_wg_entry<BF16, NWG, BC, QR, SPLIT, PF>(p);                                            \
+        fuser_attn_wgmma<BF16, NWG, BC, QR, SPLIT, PF>(p);                                               \
     }
 #elif defined(FUSER_CUDA)
 // not an sm_90a compile: wgmma does not exist here; the launch rule never picks these entries
@@ -835,14 +602,11 @@ ENTRY_MACROS = r"""
 #endif
 """
 
-# variant -> (warpgroups, keys per tile, Q in registers, min blocks per SM, mode, K/V tiles loaded ahead); mode 0: one
-# 128- or 64-row tile per block, 1: the split tail, 2: triple blocks (a pair tile and a key-split single; fixed
-# shape: 2 warpgroups, 64-key sub-tiles in stages of two, Q in registers).
+# variant -> (warpgroups, keys per tile, Q in registers, min blocks per SM, split tail, K/V tiles loaded ahead)
 # (K/V stages = tiles ahead + 2: a tile's V is still read in the next iteration)
 WG_VARIANTS: dict[str, tuple[int, int, int, int, int, int]] = {
     "2n64q": (2, 64, 1, 2, 0, 1),
     "2n64qs": (2, 64, 1, 2, 1, 1),
-    "2n64qt": (2, 64, 1, 2, 2, 1),
     "2n64qp": (2, 64, 1, 2, 0, 2),
     "2n64": (2, 64, 0, 2, 0, 1),
     "1n64q3": (1, 64, 1, 3, 0, 1),
@@ -863,11 +627,6 @@ WG_SPLIT = True
 WG_SPLIT_VARIANT = "2n64qs"
 WG_SPLIT_MIN_KEY_TILES = 64
 WG_SPLIT_MAX_TILES = 144  # the device workspace's capacity (FUSER_WG_SPLIT_MAXT)
-# Triple blocks (variant 2n64qt): where the 128-row tiles overfill one wave of block slots by up to half
-# (slots < n <= 1.5 slots), ceil(2n/3) blocks each run a pair tile and a key-split 64-row single in one wave
-# instead of a second wave of lone blocks. Taken before the split tail.
-WG_TRI = True
-WG_TRI_VARIANT = "2n64qt"
 
 
 def entries_source(sfx: str) -> str:
@@ -886,8 +645,6 @@ VARIANTS: list[str] = [f"fuser_attn_wg{v}_{s}" for s in ("f16", "bf16") for v in
 
 def smem_bytes(variant: str) -> int:
     nwg, bc, pf = WG_VARIANTS[variant][0], WG_VARIANTS[variant][1], WG_VARIANTS[variant][5]
-    if WG_VARIANTS[variant][4] == 2:  # three stages of two K and two V sub-tiles, the single's Q, the alignment
-        return 3 * 4 * 64 * 128 + 64 * 128 + 1024
     return 64 * nwg * 128 + 2 * (pf + 2) * bc * 128 + 1024  # Q, pf + 2 stages of K and V, 1024 for the alignment
 
 
@@ -908,45 +665,27 @@ def split_tiles(n: int, slots: int) -> int:
     return r if w >= 1 and 0 < r <= slots // 2 and r <= WG_SPLIT_MAX_TILES else 0
 
 
-def tri_blocks(n: int) -> int:
-    """Blocks of the triple-block grid over n 128-row query tiles: G = ceil(2n/3) pair tiles, the other n - G tiles
-    split into 2(n - G) <= G singles of 64 rows."""
-    return -(-2 * n // 3)
-
-
 def plan(variant: str = "", causal: bool = False, sq: int = 0, bh: int = 0, num_sms: int = 0, skv: int = 0) -> dict:
     """The variant's launch: ``sq``, ``skv`` (query and key lengths), ``bh`` (batch x heads) and ``num_sms`` size the
-    split tail and the triple-block grid.
-    A split or triple plan carries its own 1-D ``grid`` (split: n + T blocks for n query tiles, T of them split;
-    triple: ceil(2n/3) blocks). Triple blocks are non-causal only: pinned with a causal mask, the causal default
-    runs."""
+    split tail.
+    A split plan carries its own 1-D ``grid`` (n + T blocks for n query tiles, T of them split)."""
     v = variant or (WG_CAUSAL if causal else WG_DEFAULT)
     if v not in WG_VARIANTS:
         raise ValueError(f"unknown flash_wgmma variant {v!r}; known: {', '.join(WG_VARIANTS)}")
-    if causal and WG_VARIANTS[v][4] == 2:
-        v = WG_CAUSAL
     nwg, _, _, minb, split, _ = WG_VARIANTS[v]
     rows = 64 * nwg
     n = -(-sq // rows) * bh
     tail = 0
-    slots = minb * num_sms
-    if not variant and not causal and WG_TRI and n and num_sms and skv > 0 and slots < n and tri_blocks(n) <= slots:
-        v = WG_TRI_VARIANT
-    elif not variant and not causal and WG_SPLIT and n and num_sms and -(-skv // 64) >= WG_SPLIT_MIN_KEY_TILES:
-        tail = split_tiles(n, slots)
+    if not variant and not causal and WG_SPLIT and n and num_sms and -(-skv // 64) >= WG_SPLIT_MIN_KEY_TILES:
+        tail = split_tiles(n, minb * num_sms)
         if tail:
             v = WG_SPLIT_VARIANT
-    elif split == 1:  # pinned: the rule's tail, else half the tiles (so both kinds of block run)
-        tail = min(split_tiles(n, slots) or max(1, n // 2), WG_SPLIT_MAX_TILES, n)
+    elif split:  # pinned: the rule's tail, else half the tiles (so both kinds of block run)
+        tail = min(split_tiles(n, minb * num_sms) or max(1, n // 2), WG_SPLIT_MAX_TILES, n)
     out = {"tactic": "flash_wgmma", "family": f"wg{v}", "threads": 128 * nwg, "rows": rows, "smem": smem_bytes(v)}
-    mode = WG_VARIANTS[v][4]
-    if mode == 1:
+    if WG_VARIANTS[v][4]:
         if n + tail >= 2**31:
             raise ValueError(f"flash_wgmma_{v}: {n} query tiles do not fit its 1-D grid")
         out["grid"] = (max(1, n + tail), 1, 1)
         out["split_tiles"] = tail
-    elif mode == 2:
-        if n >= 2**31:
-            raise ValueError(f"flash_wgmma_{v}: {n} query tiles do not fit its 1-D grid")
-        out["grid"] = (max(1, tri_blocks(n)), 1, 1)
     return out

@@ -261,52 +261,5 @@ def test_wgmma_module_compiles_for_sm90a():
         for v in W.WG_VARIANTS:
             assert toolchain.has_symbol(code.image, f"fuser_attn_wg{v}_{sfx}")
         assert "Potential Performance Loss" not in code.log, code.log
-        spills = spill_bytes(code.log)
-        # the triple-block entry spills a few prologue values (positions, refilled once before the first barrier;
-        # its loop is spill-free in the SASS): a bound, so a loop-sized spill still fails
-        bad = {e: n for e, n in spills.items() if n > (16 if "wg2n64qt" in e else 0)}
+        bad = [ln for ln in code.log.splitlines() if "spill stores" in ln and " 0 bytes spill stores" not in ln]
         assert not bad, bad
-
-
-def spill_bytes(log: str) -> dict[str, int]:
-    """ptxas -v's spill-store bytes per entry."""
-    out, entry = {}, ""
-    for ln in log.splitlines():
-        if "Compiling entry function" in ln:
-            entry = ln.split("'")[1]
-        elif "bytes spill stores" in ln:
-            out[entry] = int(ln.split("bytes spill stores")[0].split(",")[-1].strip())
-    return out
-
-
-@pytest.mark.parametrize("sq,bh,causal,want,grid", [
-    (512, 96, False, "2n64qt", 256),     # B8 H12 S512: 384 tiles over 264 slots -> 256 triple blocks, one wave
-    (4096, 12, False, "2n64qt", 256),    # B1 H12 S4096: the same count
-    (512, 66, False, "2n64q", None),     # 264 tiles: exactly one wave, nothing to balance
-    (512, 100, False, "2n64q", None),    # 400 tiles: 267 triple blocks would not fit one wave
-    (512, 96, True, "1n64q3", None),     # causal: its own variant
-])
-def test_wgmma_triple_rule(sq, bh, causal, want, grid):
-    """auto's triple blocks: where the 128-row tiles overfill one wave of 2-per-SM slots by at most half, ceil(2n/3)
-    blocks (pair + key-split single) run in one wave; not at or past those bounds, not causal."""
-    pl = W.plan("", causal, sq, bh, 132, sq)
-    assert pl["family"] == f"wg{want}" and pl.get("grid") == (None if grid is None else (grid, 1, 1))
-    if want == "2n64qt":
-        assert pl["threads"] == 256 and pl["smem"] == W.smem_bytes("2n64qt") == 3 * 32768 + 8192 + 1024
-        # two blocks per SM must fit the H100/H200's 228 KiB (1 KiB reserved per block)
-        assert 2 * (pl["smem"] + 1024) <= 228 * 1024
-    # pinned with a causal mask: the causal variant; pinned off the rule's range: still one pair + single each
-    assert W.plan("2n64qt", True, 512, 96, 132, 512)["family"] == "wg1n64q3"
-    assert W.plan("2n64qt", False, 200, 3, 132, 333)["grid"] == (W.tri_blocks(6), 1, 1) == (4, 1, 1)
-
-
-@pytest.mark.parametrize("n", range(1, 40))
-def test_wgmma_triple_cover(n):
-    """The triple grid covers every 64-row unit of n tiles exactly once: G pair tiles, 2(n - G) singles <= G."""
-    g = W.tri_blocks(n)
-    covered = []
-    for i in range(g):
-        covered += [(i, 0), (i, 1)]  # pair tile i, both halves
-        if i < 2 * (n - g):
-            covered.append((g + i // 2, i % 2))
-    assert sorted(covered) == [(t, half) for t in range(n) for half in (0, 1)] and 2 * (n - g) <= g
