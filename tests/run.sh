@@ -7,8 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 "$PY" -m pip install -q -e ".[cpu,test]"
-# PyTorch (CPU) + onnxscript for the tests that export models with both PyTorch exporters; optional
+# PyTorch (CPU) + onnxscript for the tests that export models with both PyTorch exporters, and transformers for
+# the attention families built from its configs (random weights, no downloads); optional
 "$PY" -m pip install -q "torch==2.13.0" onnxscript || echo "torch not installable: export tests will skip" >&2
+"$PY" -m pip install -q "transformers==5.23.0" || echo "transformers not installable: its export tests will skip" >&2
 eval "$(PYTHON="$PY" bash tests/kernels/setup_toolchains.sh)"
 export ROCM_PATH
 # The visual diff: Graphviz `dot` lays out `onnx-fuse diff` pages; Chromium renders them in the tests
