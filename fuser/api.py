@@ -147,7 +147,7 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     timings["load"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    feeds = make_inputs(proto, seed, inputs, shapes) if verify_result else None
+    feeds, reference = _reference_run(proto, in_path, seed, inputs, shapes, where) if verify_result else (None, None)
     # a > 2 GiB result keeps its weights in a data file; put it beside the output so saving is a rename
     workdir = Path(output).parent if output is not None and Path(output).parent.is_dir() else None
     res = run_pipeline(proto, target=target, skip=tuple(skip), workdir=workdir,
@@ -185,7 +185,8 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
             t2 = time.perf_counter()
             try:
                 result.verification = verify(proto, res.model, feeds, rtol=rtol, atol=atol, device=device,
-                                             original_path=in_path, fused_data_path=res.data_path)
+                                             reference=reference, original_path=in_path,
+                                             fused_data_path=res.data_path)
             except InputError:
                 raise
             except Exception as e:  # onnxruntime refused to run one of the models
@@ -222,6 +223,32 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
             remove_quietly(res.data_path)
             if workdir is None:
                 shutil.rmtree(res.data_path.parent, ignore_errors=True)
+
+
+def _reference_run(proto: onnx.ModelProto, in_path: Path | None, seed: int, inputs: dict[str, np.ndarray] | None,
+                   shapes: dict[str, list[int]] | None, where: str) -> tuple[dict[str, np.ndarray], dict]:
+    """The verification inputs and the original model's outputs on them (onnxruntime, CPU), before any pass runs.
+    Generated symbolic dims start at DEFAULT_SYMBOLIC_OTHER; where the original refuses them (a waveform shorter
+    than wav2vec2's conv stack, a window larger than the sequence), they grow through SYMBOLIC_RETRY_SIZES before
+    this gives up with an InputError that names --shape."""
+    from .external import has_external
+    from .verify import DEFAULT_SYMBOLIC_OTHER, SYMBOLIC_RETRY_SIZES, has_generated_symbolic, ort_run
+
+    src = in_path if in_path is not None and has_external(proto) else proto
+    sizes = (DEFAULT_SYMBOLIC_OTHER, *SYMBOLIC_RETRY_SIZES) if has_generated_symbolic(proto, inputs, shapes) else (
+        DEFAULT_SYMBOLIC_OTHER,)
+    msg = ""
+    for other in sizes:
+        feeds = make_inputs(proto, seed, inputs, shapes, other=other)
+        try:
+            return feeds, ort_run(src, feeds)
+        except InputError:
+            raise
+        except Exception as e:  # onnxruntime refused the model or these inputs
+            msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+    hint = (f"; its symbolic dims were tried at {', '.join(map(str, sizes))}: give real sizes with "
+            "--shape NAME:d0,d1,... or --input NAME=FILE.npy") if len(sizes) > 1 else ""
+    raise InputError(f"{where}: cannot run the model for verification ({msg}){hint}")
 
 
 def _same_file(a: Path, b: Path) -> bool:

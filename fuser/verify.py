@@ -24,6 +24,9 @@ DEFAULT_RTOL = {"float16": 1e-2, "bfloat16": 1e-2}
 DEFAULT_RTOL_FP32 = 1e-5
 DEFAULT_SYMBOLIC_BATCH = 1
 DEFAULT_SYMBOLIC_OTHER = 16
+# where the original model refuses the default (a waveform shorter than its conv stack's receptive field, ...), the
+# generated non-batch symbolic dims grow to these sizes in turn before verification gives up
+SYMBOLIC_RETRY_SIZES = (64, 256, 1024, 4096)
 
 
 @dataclass
@@ -120,8 +123,10 @@ def _index_bounds(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def make_inputs(model: onnx.ModelProto, seed: int = 0, user: dict[str, np.ndarray] | None = None,
-                shapes: dict[str, list[int]] | None = None) -> dict[str, np.ndarray]:
-    """Seeded inputs for every real graph input; ``user`` arrays and ``shapes`` override."""
+                shapes: dict[str, list[int]] | None = None,
+                other: int = DEFAULT_SYMBOLIC_OTHER) -> dict[str, np.ndarray]:
+    """Seeded inputs for every real graph input; ``user`` arrays and ``shapes`` override. Symbolic dims are
+    DEFAULT_SYMBOLIC_BATCH on the first axis and ``other`` elsewhere (one size per dim name)."""
     user = user or {}
     shapes = shapes or {}
     inits = {t.name for t in model.graph.initializer}
@@ -163,10 +168,24 @@ def make_inputs(model: onnx.ModelProto, seed: int = 0, user: dict[str, np.ndarra
                 if d.HasField("dim_value"):
                     shape.append(int(d.dim_value))
                 else:
-                    default = DEFAULT_SYMBOLIC_BATCH if i == 0 else DEFAULT_SYMBOLIC_OTHER
+                    default = DEFAULT_SYMBOLIC_BATCH if i == 0 else other
                     shape.append(symbols.setdefault(d.dim_param or f"?{v.name}{i}", default))
         feeds[v.name] = _random(rng, dtype, shape, bounds.get(v.name))
     return feeds
+
+
+def has_generated_symbolic(model: onnx.ModelProto, user: dict[str, np.ndarray] | None = None,
+                           shapes: dict[str, list[int]] | None = None) -> bool:
+    """Whether make_inputs sizes a symbolic dim past the first axis itself (what ``other`` changes)."""
+    inits = {t.name for t in model.graph.initializer}
+    skip = set(user or {}) | set(shapes or {}) | inits
+    for v in model.graph.input:
+        t = v.type.tensor_type
+        if v.name in skip or not v.type.HasField("tensor_type") or not t.HasField("shape"):
+            continue
+        if any(not d.HasField("dim_value") for d in list(t.shape.dim)[1:]):
+            return True
+    return False
 
 
 def _dims_str(dims) -> str:

@@ -207,7 +207,13 @@ def build(name: str, attn: str = "eager"):
     raise KeyError(name)
 
 
-def export(module, args: tuple, names: list[str], dynamo: bool, opset: int, dynamic: bool = False) -> onnx.ModelProto:
+SEQUENCE_INPUTS = ("input_ids", "attention_mask", "input_values")
+
+
+def export(module, args: tuple, names: list[str], dynamo: bool, opset: int,
+           dynamic: bool | str = False) -> onnx.ModelProto:
+    """``dynamic``: True for a symbolic batch; "seq" (TorchScript) for a symbolic batch and a symbolic second axis of
+    the sequence inputs (token ids, mask, waveform), as exports for serving usually are."""
     module.eval()
     buf = io.BytesIO()
     if getattr(module, "static_batch", False):
@@ -227,8 +233,10 @@ def export(module, args: tuple, names: list[str], dynamo: bool, opset: int, dyna
                                      input_names=names, **kw)
             model = prog.model_proto
         else:
+            axes = {n: ({0: "batch", 1: "seq"} if dynamic == "seq" and n in SEQUENCE_INPUTS else {0: "batch"})
+                    for n in names_dyn}
             torch.onnx.export(module, args, buf, dynamo=False, opset_version=opset, input_names=names,
-                              dynamic_axes={n: {0: "batch"} for n in names_dyn})
+                              dynamic_axes=axes)
             model = onnx.load_from_string(buf.getvalue())
     if model.ir_version > 10:
         model.ir_version = 10  # onnxruntime's ceiling on this machine; the graph is unchanged
