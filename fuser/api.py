@@ -146,8 +146,12 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
     check_model_supported(proto, where, verify_result)
     timings["load"] = time.perf_counter() - t0
 
+    feeds, reference = None, None
+    if verify_result:  # the original's outputs first: an input it refuses fails before any pass runs
+        t_ref = time.perf_counter()
+        feeds, reference = _reference_run(proto, in_path, seed, inputs, shapes, where)
+        timings["verify_original"] = time.perf_counter() - t_ref
     t1 = time.perf_counter()
-    feeds, reference = _reference_run(proto, in_path, seed, inputs, shapes, where) if verify_result else (None, None)
     # a > 2 GiB result keeps its weights in a data file; put it beside the output so saving is a rename
     workdir = Path(output).parent if output is not None and Path(output).parent.is_dir() else None
     res = run_pipeline(proto, target=target, skip=tuple(skip), workdir=workdir,
