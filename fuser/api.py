@@ -193,11 +193,12 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
                                              fused_data_path=res.data_path)
             except InputError:
                 raise
-            except Exception as e:  # onnxruntime refused to run one of the models
+            except Exception as e:  # the original ran on these inputs (_reference_run): the rewritten model failed
                 msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-                raise InputError(f"{where}: cannot run the model for verification ({msg})") from None
+                failure = VerificationError(f"{where}: the rewritten model failed to run on inputs the original "
+                                            f"runs on ({msg})", result)
             timings["verify"] = time.perf_counter() - t2
-            bad = result.verification.first_failure()
+            bad = result.verification.first_failure() if result.verification is not None else None
             if bad is not None:
                 failure = VerificationError(
                     f"verification failed for output {bad.name!r} ({bad.path}): rel-L2 {bad.rel_l2:.3e} "

@@ -216,6 +216,8 @@ def _input_view(node, i, producer, inits, only_use, dims) -> InputView | None:
     if target[2] in (0,) or target[2] < -1 or target[3] <= 0 or target[3] % ALIGN or any(t < -1 for t in target[:2]):
         return None
     src = rs.input[0]
+    if len(dims.get(src) or ()) != 3:  # the view reads its source as [B, S, row]; a source of another rank keeps
+        return None                    # its Reshape (LeViT's dynamo export reshapes [B·S, row] sources)
     sp = producer.get(src)
     if sp is not None and sp.op_type == "Split" and sp.domain in ("", "ai.onnx") and only_use(src, rs):
         sizes = _split_sizes(sp, inits)

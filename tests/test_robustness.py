@@ -254,3 +254,20 @@ def test_over_2gib_round_trip(tmp_path: Path) -> None:
     m = onnx.load(out_dir / "f.onnx", load_external_data=False)
     assert [n.op_type for n in m.graph.node] == ["MatMul", "Add"]
     assert (out_dir / "f.onnx.data").stat().st_size > 2**31
+
+
+def test_rewritten_model_failing_to_run_is_ours(tmp_path, monkeypatch):
+    """The original runs on the verification inputs before any pass: if the rewritten model then fails to run, that
+    is a failed verification (exit 1, nothing written), never "bad input" (exit 2) and never a skip-worthy refusal
+    of the original (a layout-view error in the runtime was reported as one before)."""
+    import fuser.api as api
+    from fuser.errors import VerificationError
+
+    def broken(*a, **k):
+        raise RuntimeError("layout view: 'x' has shape [2, 16], expected [B, S, row]")
+
+    monkeypatch.setattr(api, "verify", broken)
+    out = tmp_path / "out.onnx"
+    with pytest.raises(VerificationError, match="the rewritten model failed to run on inputs the original runs on"):
+        fuser.optimize(str(DARKNET), str(out))
+    assert not out.exists()
