@@ -37,7 +37,9 @@ from fuser.bench import bench
 from fuser.verify import make_inputs
 
 
-def export_bert(seq: int, batch: int) -> onnx.ModelProto:
+def export_bert(seq: int, batch: int, dynamic: bool = False) -> onnx.ModelProto:
+    """BERT-base (random weights, eager attention) by TorchScript at opset 17; ``dynamic``: batch and sequence
+    symbolic, as exports for serving are (then measured at ``batch`` x ``seq``)."""
     import torch
     from transformers import BertConfig, BertModel
 
@@ -54,8 +56,10 @@ def export_bert(seq: int, batch: int) -> onnx.ModelProto:
     buf = io.BytesIO()
     with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        axes = {n: {0: "batch", 1: "seq"} for n in ("input_ids", "attention_mask")} if dynamic else None
         torch.onnx.export(Wrapped().eval(), (ids, mask), buf, dynamo=False, opset_version=17,
-                          input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"])
+                          input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
+                          dynamic_axes=axes)
     return onnx.load_from_string(buf.getvalue())
 
 
@@ -162,19 +166,23 @@ def gemm_floor_ms(model: onnx.ModelProto, feeds: dict, tf32: bool) -> float | No
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
-    ap.add_argument("--cases", default="bert128,bert512,vit", help="comma-separated: bert128, bert512, vit")
+    ap.add_argument("--cases", default="bert128,bert512,vit",
+                    help="comma-separated: bert128, bert512, vit, bert128dyn (dynamic batch/sequence export)")
     a = ap.parse_args()
     from onnxruntime.transformers.optimizer import optimize_model
 
     cases = {"bert128": ("BERT-base B8 S128", lambda: export_bert(128, 8), "bert"),
              "bert512": ("BERT-base B8 S512", lambda: export_bert(512, 8), "bert"),
-             "vit": ("ViT-B/16 B8", lambda: export_vit(8), "vit")}
+             "vit": ("ViT-B/16 B8", lambda: export_vit(8), "vit"),
+             "bert128dyn": ("BERT-base B8 S128 dyn", lambda: export_bert(128, 8, True), "bert")}
     cases = [cases[c] for c in a.cases.split(",")]
     rows = []
     tmp = tempfile.mkdtemp()
     for label, make, kind in cases:
         model = make()
-        feeds = make_inputs(model, 0)
+        # a dynamic export is measured at the static cases' sizes (B=8, S=128)
+        feeds = make_inputs(model, 0, shapes={n: [8, 128] for n in ("input_ids", "attention_mask")}
+                            if label.endswith("dyn") else None)
         src = os.path.join(tmp, "m.onnx")
         onnx.save(model, src)
         fused, unpacked, fuse_s = {}, {}, 0.0

@@ -5,7 +5,7 @@ For the original model in the CUDA EP, the same after onnxruntime's transformers
 runtime, in one precision. Prints, per path, the GPU time per run split into GEMM kernels / our kernels / other,
 and the largest kernels. GPU machine only (needs onnxruntime-gpu and torch).
 
-Usage: python bench/profile_e2e.py [--case bert128|bert512|vit] [--tf32] [--out DIR]
+Usage: python bench/profile_e2e.py [--case bert128|bert512|vit|bert128dyn] [--tf32] [--out DIR]
 """
 
 from __future__ import annotations
@@ -74,9 +74,11 @@ def main() -> None:
     from fuser.runtime import Session
 
     make = {"bert128": lambda: e2e.export_bert(128, 8), "bert512": lambda: e2e.export_bert(512, 8),
-            "vit": lambda: e2e.export_vit(8)}[a.case]
+            "vit": lambda: e2e.export_vit(8), "bert128dyn": lambda: e2e.export_bert(128, 8, True)}[a.case]
     model = make()
-    feeds = make_inputs(model, 0)
+    # a dynamic export (symbolic batch and sequence) at B=8, S=128
+    feeds = make_inputs(model, 0, shapes={n: [8, 128] for n in ("input_ids", "attention_mask")}
+                        if a.case.endswith("dyn") else None)
     tmp = tempfile.mkdtemp()
     src = os.path.join(tmp, "m.onnx")
     onnx.save(model, src)

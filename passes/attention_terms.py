@@ -14,6 +14,9 @@ step keeps the values the node sees once it broadcasts the term to the scores):
 
 - ``Expand(x, shape)`` → x;
 - ``And(T, x)`` with T a constant of all True → x; ``Or(F, x)`` with F all False → x;
+- ``And(R, x)`` with R provably all True though computed → x: transformers' bidirectional mask function
+  (``q_idx >= 0``) exported with dynamic shapes is ``GreaterOrEqual(Unsqueeze…(Range(0, S, 1)), 0)``, a [1, 1, S, 1]
+  tensor that only broadcasts the [B, 1, 1, S] padding mask up to [B, 1, S, S] (see ``_all_true``);
 - ``Where(c, a, b)`` with a, b constants → a new ``Where(c', a, b)`` on the shrunk condition c';
 - ``Cast(x)``, ``Not(x)`` → a new node of the same op on the shrunk x.
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from onnx import TensorProto
 
 from fuser.context import PassContext
 from fuser.fused import DOMAIN, parse_op_type
@@ -76,6 +80,8 @@ def _shrink(ctx: PassContext, t: gs.Tensor, depth: int) -> gs.Tensor | None:
             if v is not None and const_value(x) is None and v.dtype == np.bool_ and (
                     v.all() if p.op == "And" else not v.any()):
                 return _shrink(ctx, x, depth + 1) or x
+            if p.op == "And" and v is None and _all_true(c, depth + 1) and not _all_true(x, depth + 1):
+                return _shrink(ctx, x, depth + 1) or x
         return None
     if p.op == "Where" and len(p.inputs) == 3 and all(const_value(x) is not None for x in p.inputs[1:]):
         c = _shrink(ctx, p.inputs[0], depth + 1)
@@ -83,6 +89,52 @@ def _shrink(ctx: PassContext, t: gs.Tensor, depth: int) -> gs.Tensor | None:
     if p.op in ("Cast", "Not") and len(p.inputs) == 1:
         x = _shrink(ctx, p.inputs[0], depth + 1)
         return None if x is None else _copy(ctx, p, [x], t)
+    return None
+
+
+# value-preserving for the index ranges below (Cast between number types keeps small integers exactly)
+_PASS_THROUGH = ("Unsqueeze", "Squeeze", "Reshape", "Expand", "Identity", "Flatten")
+_COMPARE = {"GreaterOrEqual": (False, False), "Greater": (False, True), "LessOrEqual": (True, False),
+            "Less": (True, True)}  # op -> (operands swapped, strict)
+
+
+def _all_true(t: gs.Tensor, depth: int) -> bool:
+    """``t`` is True everywhere, provably: a bool constant of all True; ``And`` of two such; a shape/Cast-to-bool op
+    on one; or an increasing index range compared with a constant it never crosses: ``R >= c`` / ``R > c`` (or
+    ``c <= R`` / ``c < R``) with R a ``Range(start, limit, delta)`` of constant start and delta > 0 (through shape
+    ops and Casts) and c <= start (c < start when strict). Anything else, or deeper than MAX_DEPTH: False."""
+    v = const_value(t)
+    if v is not None:
+        return v.dtype == np.bool_ and bool(v.all())
+    p = producer(t)
+    if p is None or depth > MAX_DEPTH or p.domain not in (None, "", "ai.onnx") or not p.inputs:
+        return False
+    if p.op == "And" and len(p.inputs) == 2:
+        return all(_all_true(x, depth + 1) for x in p.inputs)
+    if p.op in _PASS_THROUGH or (p.op == "Cast" and p.attrs.get("to") == TensorProto.BOOL):
+        return _all_true(p.inputs[0], depth + 1)
+    if p.op in _COMPARE and len(p.inputs) == 2:
+        swapped, strict = _COMPARE[p.op]
+        r, c = (p.inputs[1], p.inputs[0]) if swapped else (p.inputs[0], p.inputs[1])
+        lo, bound = _range_min(r, depth + 1), const_value(c)
+        if lo is not None and bound is not None and bound.size and np.issubdtype(bound.dtype, np.number):
+            return bool(np.all(lo > bound) if strict else np.all(lo >= bound))
+    return False
+
+
+def _range_min(t: gs.Tensor, depth: int) -> float | None:
+    """The least value of an increasing ``Range`` (constant start, constant delta > 0), through shape ops and Casts
+    to number types; None where ``t`` is not one."""
+    p = producer(t)
+    if p is None or depth > MAX_DEPTH or p.domain not in (None, "", "ai.onnx") or not p.inputs:
+        return None
+    if p.op in _PASS_THROUGH or (p.op == "Cast" and p.attrs.get("to") in (
+            TensorProto.INT32, TensorProto.INT64, TensorProto.FLOAT, TensorProto.DOUBLE)):
+        return _range_min(p.inputs[0], depth + 1)
+    if p.op == "Range" and len(p.inputs) == 3:
+        start, delta = const_value(p.inputs[0]), const_value(p.inputs[2])
+        if start is not None and delta is not None and start.size == 1 and delta.size == 1 and float(delta) > 0:
+            return float(start.reshape(()))
     return None
 
 

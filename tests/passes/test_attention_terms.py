@@ -103,3 +103,56 @@ def test_skip_keeps_the_full_term():
     out = fuse(m, skip=("attention_terms",)).model
     (node,) = fused_attention(out)
     assert _term_shape(out, node) == [B, 1, S, S] and "Expand" in ops(out)
+
+
+def range_masked_attention(start: int = 0, bound: int = 0, op: str = "GreaterOrEqual", delta: int = 1):
+    """transformers' bidirectional mask exported with dynamic shapes: the padding mask [B, 1, 1, S] (bool) And
+    ``q_idx >= 0`` — ``op(Unsqueeze(Range(start, S, delta), [0, 1, 3]), bound)``, [1, 1, S, 1], S read from the
+    mask's symbolic shape — then Where(0, min) as the additive bias (the default call: an identity that only
+    broadcasts the term to [B, 1, S, S])."""
+    g = GraphBuilder(5)
+    q, k, v = (g.input(n, [B, H, S, D]) for n in "QKV")
+    mask = g.input("mask", ["batch", "seq"], np.int64)
+    keep = g.node("Cast", [g.node("Unsqueeze", [mask, g.const("axes", np.array([1, 2], np.int64))], name="unsq")],
+                  name="to_bool", to=TensorProto.BOOL)
+    seq = g.node("Gather", [g.node("Shape", [mask], name="shape"), g.const("one_i", np.array(1, np.int64))],
+                 name="seq_len", axis=0)
+    idx = g.node("Range", [g.const("start", np.array(start, np.int64)), seq,
+                           g.const("delta", np.array(delta, np.int64))], name="q_idx")
+    idx4 = g.node("Unsqueeze", [idx, g.const("axes3", np.array([0, 1, 3], np.int64))], name="q_idx4")
+    cmp = g.node(op, [idx4, g.const("bound", np.array(bound, np.int64))], name="always")
+    both = g.node("And", [keep, cmp], name="and")
+    term = g.node("Where", [both, g.const("zero", np.array(0.0, np.float32)),
+                            g.const("minf", np.array(np.finfo(np.float32).min, np.float32))], name="to_bias")
+    kt = g.node("Transpose", [k], name="kt", perm=[0, 1, 3, 2])
+    s = g.node("Mul", [g.node("MatMul", [q, kt], name="qk"), g.const("scale", np.array(D ** -0.5, np.float32))],
+               name="scale_mul")
+    p = g.node("Softmax", [g.node("Add", [s, term], name="add_mask")], name="softmax", axis=-1)
+    g.node("MatMul", [p, v], ["Y"], name="pv")
+    g.output("Y", [B, H, S, D])
+    m = g.model(opset=17)
+    rng = np.random.default_rng(5)
+    feeds = {n: rng.standard_normal((B, H, S, D)).astype(np.float32) for n in "QKV"}
+    mk = np.ones((B, S), np.int64)
+    mk[1, -2:] = 0
+    feeds["mask"] = mk
+    return m, feeds
+
+
+def test_computed_all_true_range_is_dropped():
+    """``Range(0, S, 1) >= 0`` is True everywhere: the term is read as the padding mask's [B, 1, 1, S]."""
+    m, feeds = range_masked_attention()
+    out = check(m, "FusedAttentionBias", feeds)
+    (node,) = fused_attention(out)
+    shape = _term_shape(out, node)
+    assert shape is not None and len(shape) == 4 and shape[1:3] == [1, 1], shape
+
+
+@pytest.mark.parametrize("kw", [dict(bound=1), dict(op="Greater"), dict(op="LessOrEqual", bound=3)],
+                         ids=["start_below_bound", "strict_at_start", "upper_bound"])
+def test_range_compare_that_can_be_false_keeps_its_shape(kw):
+    """A compare the range can fail (its start under the bound, strict at the start, R <= c) is a real mask over the
+    query rows: the term keeps its [B, 1, S, S] broadcast (no `.small` term), and the result verifies."""
+    m, feeds = range_masked_attention(**kw)
+    out = check(m, "FusedAttentionBias", feeds)
+    assert not any(n.name.endswith(".small") for n in out.graph.node)
