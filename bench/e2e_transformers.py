@@ -167,21 +167,24 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--cases", default="bert128,bert512,vit",
-                    help="comma-separated: bert128, bert512, vit, bert128dyn (dynamic batch/sequence export)")
+                    help="comma-separated: bert128, bert512, vit, bert128dyn, bert512dyn (dynamic batch/sequence "
+                         "exports)")
     a = ap.parse_args()
     from onnxruntime.transformers.optimizer import optimize_model
 
     cases = {"bert128": ("BERT-base B8 S128", lambda: export_bert(128, 8), "bert"),
              "bert512": ("BERT-base B8 S512", lambda: export_bert(512, 8), "bert"),
              "vit": ("ViT-B/16 B8", lambda: export_vit(8), "vit"),
-             "bert128dyn": ("BERT-base B8 S128 dyn", lambda: export_bert(128, 8, True), "bert")}
+             "bert128dyn": ("BERT-base B8 S128 dyn", lambda: export_bert(128, 8, True), "bert"),
+             "bert512dyn": ("BERT-base B8 S512 dyn", lambda: export_bert(512, 8, True), "bert")}
     cases = [cases[c] for c in a.cases.split(",")]
     rows = []
     tmp = tempfile.mkdtemp()
     for label, make, kind in cases:
         model = make()
-        # a dynamic export is measured at the static cases' sizes (B=8, S=128)
-        feeds = make_inputs(model, 0, shapes={n: [8, 128] for n in ("input_ids", "attention_mask")}
+        # a dynamic export is measured at the static cases' sizes (B=8, S from the label)
+        seq = int(label.split(" S")[1].split()[0])
+        feeds = make_inputs(model, 0, shapes={n: [8, seq] for n in ("input_ids", "attention_mask")}
                             if label.endswith("dyn") else None)
         src = os.path.join(tmp, "m.onnx")
         onnx.save(model, src)
