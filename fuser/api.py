@@ -194,9 +194,8 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
             except InputError:
                 raise
             except Exception as e:  # the original ran on these inputs (_reference_run): the rewritten model failed
-                msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
                 failure = VerificationError(f"{where}: the rewritten model failed to run on inputs the original "
-                                            f"runs on ({msg})", result)
+                                            f"runs on ({_first_line(e)})", result)
             timings["verify"] = time.perf_counter() - t2
             bad = result.verification.first_failure() if result.verification is not None else None
             if bad is not None:
@@ -234,26 +233,35 @@ def _reference_run(proto: onnx.ModelProto, in_path: Path | None, seed: int, inpu
                    shapes: dict[str, list[int]] | None, where: str) -> tuple[dict[str, np.ndarray], dict]:
     """The verification inputs and the original model's outputs on them (onnxruntime, CPU), before any pass runs.
     Generated symbolic dims start at DEFAULT_SYMBOLIC_OTHER; where the original refuses them (a waveform shorter
-    than wav2vec2's conv stack, a window larger than the sequence), they grow through SYMBOLIC_RETRY_SIZES before
-    this gives up with an InputError that names --shape."""
+    than wav2vec2's conv stack, a window larger than the sequence), they grow through SYMBOLIC_RETRY_SIZES (one
+    session, run again) before this gives up with an InputError that names --shape."""
     from .external import has_external
-    from .verify import DEFAULT_SYMBOLIC_OTHER, SYMBOLIC_RETRY_SIZES, has_generated_symbolic, ort_run
+    from .verify import DEFAULT_SYMBOLIC_OTHER, SYMBOLIC_RETRY_SIZES, has_generated_symbolic, ort_session
 
-    src = in_path if in_path is not None and has_external(proto) else proto
+    try:  # a model onnxruntime cannot load is refused at once: no input size changes that
+        run = ort_session(in_path if in_path is not None and has_external(proto) else proto)
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(f"{where}: cannot run the model for verification ({_first_line(e)})") from None
     sizes = (DEFAULT_SYMBOLIC_OTHER, *SYMBOLIC_RETRY_SIZES) if has_generated_symbolic(proto, inputs, shapes) else (
         DEFAULT_SYMBOLIC_OTHER,)
     msg = ""
     for other in sizes:
         feeds = make_inputs(proto, seed, inputs, shapes, other=other)
         try:
-            return feeds, ort_run(src, feeds)
-        except InputError:
-            raise
-        except Exception as e:  # onnxruntime refused the model or these inputs
-            msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            return feeds, run(feeds)
+        except Exception as e:  # onnxruntime refused these inputs
+            msg = _first_line(e)
     hint = (f"; its symbolic dims were tried at {', '.join(map(str, sizes))}: give real sizes with "
             "--shape NAME:d0,d1,... or --input NAME=FILE.npy") if len(sizes) > 1 else ""
     raise InputError(f"{where}: cannot run the model for verification ({msg}){hint}")
+
+
+def _first_line(e: Exception) -> str:
+    """An exception's first line (300 characters at most), or its type where it has no message."""
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -205,8 +205,9 @@ def _random(rng: np.random.Generator, dtype: np.dtype, shape: list[int], bound: 
 # ---------------------------------------------------------------------------------------------
 # running
 
-def ort_run(model: onnx.ModelProto | str | os.PathLike, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run in onnxruntime (CPU); a path lets onnxruntime resolve external data beside the model."""
+def ort_session(model: onnx.ModelProto | str | os.PathLike):
+    """A function running ``model`` in onnxruntime (CPU) on feeds, its session built once; a path lets onnxruntime
+    resolve external data beside the model."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -222,7 +223,12 @@ def ort_run(model: onnx.ModelProto | str | os.PathLike, feeds: dict[str, np.ndar
     src = str(model) if isinstance(model, (str, os.PathLike)) else model.SerializeToString()
     sess = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, feeds), strict=True))
+    return lambda feeds: dict(zip(names, sess.run(names, feeds), strict=True))
+
+
+def ort_run(model: onnx.ModelProto | str | os.PathLike, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run in onnxruntime (CPU) once (:func:`ort_session`)."""
+    return ort_session(model)(feeds)
 
 
 def has_fused_nodes(model: onnx.ModelProto) -> bool:
