@@ -77,6 +77,11 @@ def export_vit(batch: int) -> onnx.ModelProto:
     return onnx.load_from_string(buf.getvalue())
 
 
+def example_feeds(model: onnx.ModelProto, seq: int | None = None) -> dict:
+    """Seeded inputs; a dynamic BERT export (``seq``) at B=8 and that sequence length, as the static cases."""
+    return make_inputs(model, 0, shapes={n: [8, seq] for n in ("input_ids", "attention_mask")} if seq else None)
+
+
 def ort_bound(model_path: str | bytes, feeds: dict, provider_opts: dict,
               disabled_optimizers: list[str] | None = None):
     """A CUDA EP session with its inputs copied to the GPU once and every output bound there: (session, binding),
@@ -172,20 +177,18 @@ def main() -> None:
     a = ap.parse_args()
     from onnxruntime.transformers.optimizer import optimize_model
 
-    cases = {"bert128": ("BERT-base B8 S128", lambda: export_bert(128, 8), "bert"),
-             "bert512": ("BERT-base B8 S512", lambda: export_bert(512, 8), "bert"),
-             "vit": ("ViT-B/16 B8", lambda: export_vit(8), "vit"),
-             "bert128dyn": ("BERT-base B8 S128 dyn", lambda: export_bert(128, 8, True), "bert"),
-             "bert512dyn": ("BERT-base B8 S512 dyn", lambda: export_bert(512, 8, True), "bert")}
+    # label, export, optimizer model type, sequence length a dynamic export is measured at (None: static)
+    cases = {"bert128": ("BERT-base B8 S128", lambda: export_bert(128, 8), "bert", None),
+             "bert512": ("BERT-base B8 S512", lambda: export_bert(512, 8), "bert", None),
+             "vit": ("ViT-B/16 B8", lambda: export_vit(8), "vit", None),
+             "bert128dyn": ("BERT-base B8 S128 dyn", lambda: export_bert(128, 8, True), "bert", 128),
+             "bert512dyn": ("BERT-base B8 S512 dyn", lambda: export_bert(512, 8, True), "bert", 512)}
     cases = [cases[c] for c in a.cases.split(",")]
     rows = []
     tmp = tempfile.mkdtemp()
-    for label, make, kind in cases:
+    for label, make, kind, seq in cases:
         model = make()
-        # a dynamic export is measured at the static cases' sizes (B=8, S from the label)
-        seq = int(label.split(" S")[1].split()[0])
-        feeds = make_inputs(model, 0, shapes={n: [8, seq] for n in ("input_ids", "attention_mask")}
-                            if label.endswith("dyn") else None)
+        feeds = example_feeds(model, seq)
         src = os.path.join(tmp, "m.onnx")
         onnx.save(model, src)
         fused, unpacked, fuse_s = {}, {}, 0.0

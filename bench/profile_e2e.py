@@ -23,7 +23,6 @@ sys.path.append(os.path.dirname(os.path.abspath(__file__)))
 import e2e_transformers as e2e  # noqa: E402
 
 import fuser  # noqa: E402
-from fuser.verify import make_inputs  # noqa: E402
 
 RUNS = 5
 
@@ -76,9 +75,7 @@ def main() -> None:
     make = {"bert128": lambda: e2e.export_bert(128, 8), "bert512": lambda: e2e.export_bert(512, 8),
             "vit": lambda: e2e.export_vit(8), "bert128dyn": lambda: e2e.export_bert(128, 8, True)}[a.case]
     model = make()
-    # a dynamic export (symbolic batch and sequence) at B=8, S=128
-    feeds = make_inputs(model, 0, shapes={n: [8, 128] for n in ("input_ids", "attention_mask")}
-                        if a.case.endswith("dyn") else None)
+    feeds = e2e.example_feeds(model, 128 if a.case == "bert128dyn" else None)
     tmp = tempfile.mkdtemp()
     src = os.path.join(tmp, "m.onnx")
     onnx.save(model, src)
