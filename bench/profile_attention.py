@@ -7,7 +7,11 @@ flash_mma row tilings, and the BERT padding-mask case; with the argument ``fp32`
 variants, one whole wave of 128-row tiles: B11 H6 S512): the module rebuilt with FUSER_WG_TRACE, each block's SM,
 start and end (%globaltimer) written to a buffer; prints per variant the kernel's span, the first wave's blocks (those
 that started before any block ended) and the rest (start, end, duration), how many blocks each SM ran; raw records
-go to $OUT/trace_<case>_<variant>.json. One input set, launched 30 times: L2-warm, so shorter than the benchmark."""
+go to $OUT/trace_<case>_<variant>.json. One input set, launched 30 times: L2-warm, so shorter than the benchmark.
+
+``phases [VARIANT ...]`` (no ncu): where a flash_wgmma block's time goes at B8 H12 S512 D64 fp16: the trace build
+with three more stamps from thread 0 (Q and the first K/V tile landed, the first tile's softmax done, the last P·V
+drained) besides start and end; prints the median of each, from the block's start, for the first wave and the rest."""
 
 from __future__ import annotations
 
@@ -86,8 +90,52 @@ def trace(be, variants, b=8, h=12, s=512, d=64, name="s512"):
                            "end0_ns": e0.tolist(), "end1_ns": e1.tolist()}, f)
 
 
+def phases(be, variants, b=8, h=12, s=512, d=64):
+    """Phase stamps inside each block (see the module docstring): the trace build's records widened to 8 words,
+    stamps 4-6 inserted at fixed places of the source (asserted present, so a change of the loop fails loudly)."""
+    import numpy as np
+
+    from fuser.kernels import toolchain
+    src = ("#define FUSER_WG_TRACE 1\n" + A.wgmma_source_for("f16")).replace("4ull * blk", "8ull * blk")
+    marks = [("fuser_wg_cp_wait<PF - 1>();  // Q and tile kb landed", "__syncthreads();", 4),
+             ("fuser_wg_softmax<NN>(s, m_r, l_r, alpha, full, sl, p.causal, p.Skv, row0, kbase, t);",
+              "fuser_wg_pack<BF16, NN>(pa, s);", 5),
+             ("fuser_wg_pv<BF16, KS>(oacc, pa, dv0 + (fuser_u64)(sp * (TILE >> 4)));\n        fuser_wg_commit();",
+              "fuser_wg_keep(oacc);", 6)]
+    for anchor, then, slot in marks:
+        i = src.index(anchor)
+        j = src.index(then, i) + len(then)
+        src = src[:j] + f"\n    FUSER_WG_TRACE_AT(threadIdx.x == 0, {slot});" + src[j:]
+    q, k, v, o = (torch.randn(b, h, s, d, dtype=torch.float16, device="cuda") for _ in range(4))
+    for var in variants:
+        r = A.Runner(be, q.shape, k.shape, v.shape, "float16", 1 / math.sqrt(d), tactic=var)
+        fam = r.plan["family"]
+        fn = be.function("attention_wgmma_phases_f16", src, f"fuser_attn_{fam}_f16",
+                         arch=toolchain.arch_specific(be.name, be.arch))
+        be.allow_dynamic_shared(fn, r.plan["smem"])
+        r.fn = fn
+        grid = r.plan.get("grid", r.grid)
+        nblk = grid[0] * grid[1] * grid[2]
+        ws = torch.zeros(8 * nblk + 64, dtype=torch.int64, device="cuda")
+        r.args.params.ws = ws.data_ptr()
+        for _ in range(30):
+            r([q.data_ptr(), k.data_ptr(), v.data_ptr()], o.data_ptr())
+        torch.cuda.synchronize()
+        rec = ws[:8 * nblk].view(nblk, 8).cpu().numpy().astype(np.int64)
+        st = rec[:, 1]
+        stamps = {"landed": rec[:, 4], "first softmax": rec[:, 5], "loop drained": rec[:, 6], "end": rec[:, 2]}
+        first = st - st.min() < (rec[:, 2] - st.min()).min()
+        for lab, m in (("first wave", first), ("later", ~first)):
+            if m.any():
+                print(f"[phases] {var} {lab} ({int(m.sum())} blocks), median us from the block's start: " +
+                      ", ".join(f"{kk} {np.median(vv[m] - st[m]) / 1e3:.2f}" for kk, vv in stamps.items()))
+
+
 if __name__ == "__main__":
     be = select_backend("cuda")
+    if sys.argv[1:2] == ["phases"]:
+        phases(be, sys.argv[2:] or ["flash_wgmma_2n64q", "flash_wgmma_1n64q3"])
+        sys.exit(0)
     if sys.argv[1:2] == ["trace"]:
         vs = sys.argv[2:] or ["flash_wgmma_2n64q", "flash_wgmma_2n64qs", "flash_wgmma_1n64q3"]
         trace(be, vs)

@@ -888,13 +888,13 @@ FUSER_INLINE void fuser_attn_mma(const fuser_attn_params& p) {
         const int row = rbase + 8 * hr;
         if (row >= p.Sq) continue;
         unsigned short* orow = o + (fuser_i64)row * p.o_ss;
+        const float inv = fuser_attn_inv(l_r[hr], p.nan_zero);  // one reciprocal per row, not a division per output
 #pragma unroll
         for (int n = 0; n < NO; ++n) {
             const int col = n * 8 + 2 * t;
             if (col < p.Dv) {
-                const float a = fuser_attn_finish(oacc[n][2 * hr], l_r[hr], p.nan_zero);
-                const float c = fuser_attn_finish(oacc[n][2 * hr + 1], l_r[hr], p.nan_zero);
-                *reinterpret_cast<fuser_u32*>(orow + col) = fuser_pack2<BF16>(a, c);
+                *reinterpret_cast<fuser_u32*>(orow + col) = fuser_pack2<BF16>(oacc[n][2 * hr] * inv,
+                                                                             oacc[n][2 * hr + 1] * inv);
             }
         }
     }
@@ -989,13 +989,13 @@ FUSER_INLINE void fuser_attn_mma_pp(const fuser_attn_params& p) {
         const int row = rbase + 8 * hr;
         if (row >= p.Sq) continue;
         unsigned short* orow = o + (fuser_i64)row * p.o_ss;
+        const float inv = fuser_attn_inv(l_r[hr], p.nan_zero);  // one reciprocal per row, not a division per output
 #pragma unroll
         for (int n = 0; n < 8; ++n) {
             const int col = n * 8 + 2 * t;
             if (col < p.Dv) {
-                const float a = fuser_attn_finish(oacc[n][2 * hr], l_r[hr], p.nan_zero);
-                const float c = fuser_attn_finish(oacc[n][2 * hr + 1], l_r[hr], p.nan_zero);
-                *reinterpret_cast<fuser_u32*>(orow + col) = fuser_pack2<BF16>(a, c);
+                *reinterpret_cast<fuser_u32*>(orow + col) = fuser_pack2<BF16>(oacc[n][2 * hr] * inv,
+                                                                             oacc[n][2 * hr + 1] * inv);
             }
         }
     }

@@ -38,7 +38,7 @@ kernel with a portable mma of the same fragment contract and synchronous copies,
 
 from __future__ import annotations
 
-# The device code. Needs attention's COMMON before it (fuser_attn_params, fuser_attn_online, fuser_attn_finish).
+# The device code. Needs attention's COMMON before it (fuser_attn_params, fuser_attn_online, fuser_attn_inv).
 SOURCE = r"""
 // ============================== flash_tf32: TF32 tensor cores, fp32 tensors ==============================
 #if defined(FUSER_CUDA) || defined(FUSER_ATTN_TF32_EMU)
@@ -273,13 +273,14 @@ FUSER_INLINE void fuser_attn_tf32(const fuser_attn_params& p) {
             const int row = rw + 16 * mt + 8 * hr;
             if (row >= p.Sq) continue;
             float* orow = o + (fuser_i64)row * p.o_ss;
+            const float inv = fuser_attn_inv(l_r[mt][hr], p.nan_zero);  // one reciprocal per row
 #pragma unroll
             for (int n = 0; n < NO; ++n) {
                 const int col = n * 8 + 2 * t;
                 if (col < p.Dv) {
                     float2 r;
-                    r.x = fuser_attn_finish(oacc[mt][n][2 * hr], l_r[mt][hr], p.nan_zero);
-                    r.y = fuser_attn_finish(oacc[mt][n][2 * hr + 1], l_r[mt][hr], p.nan_zero);
+                    r.x = oacc[mt][n][2 * hr] * inv;
+                    r.y = oacc[mt][n][2 * hr + 1] * inv;
                     *reinterpret_cast<float2*>(orow + col) = r;
                 }
             }

@@ -93,7 +93,7 @@ def _wgmma_wrappers() -> str:
     return "".join(out)
 
 
-# The device code. Needs attention's COMMON before it (fuser_attn_params, fuser_exp2, fuser_attn_finish, ...).
+# The device code. Needs attention's COMMON before it (fuser_attn_params, fuser_exp2, fuser_attn_inv, ...).
 SOURCE = r"""
 // ============================== flash_wgmma: warpgroup MMA (NVIDIA sm_90a) ==============================
 #if defined(FUSER_CUDA) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -128,6 +128,12 @@ template <int N, int M> FUSER_INLINE void fuser_wg_keep(fuser_u32 (&r)[N][M]) {
     for (int i = 0; i < N; ++i)
 #pragma unroll
         for (int j = 0; j < M; ++j) asm volatile("" : "+r"(r[i][j]) :: "memory");
+}
+// Warpgroup wg's own barrier (ids 1..3, immediate: with the id in a register ptxas reserves all 16 barriers).
+FUSER_INLINE void fuser_wg_bar(int wg) {
+    if (wg == 0) asm volatile("bar.sync 1, 128;" ::: "memory");
+    else if (wg == 1) asm volatile("bar.sync 2, 128;" ::: "memory");
+    else asm volatile("bar.sync 3, 128;" ::: "memory");
 }
 template <int BF16> FUSER_INLINE fuser_u32 fuser_wg_pack2(float lo, float hi) {
     fuser_u32 r;
@@ -561,23 +567,39 @@ FUSER_INLINE void fuser_attn_wgmma(const fuser_attn_params& p) {
         asm volatile("mov.u32 %0, %%ctaid.x;" : "=r"(cta));
         fuser_wg_place<BR, SPLIT>(p, cta, mb, b, h, half);
     }
-    unsigned short* o = (unsigned short*)p.o + (fuser_i64)b * p.o_sb + (fuser_i64)h * p.o_sh;
+    // The output: O / l packed to 16 bits into this warpgroup's 64 rows of Q's tile (free now: Q's fragments are
+    // in registers or its last wgmma has landed; rows of 128 bytes in the same 128-byte swizzle, so a warp's
+    // 4-byte writes hit 32 banks), then stored as whole 16-byte chunks, 8 threads to a 128-byte row: coalesced
+    // stores in place of 4-byte ones scattered over 8 rows per instruction. One reciprocal per row, not a
+    // division per element. The warpgroup's own barrier (ids 1, 2, ...) first: the split merge's flag may sit
+    // in the first word of the tile, read by every thread of the block before it goes on.
+    const fuser_u32 s_o = ((fuser_wg_smem_u32(fuser_wg_smem) + 1023u) & ~1023u) + wg * 64 * 128;
+    fuser_wg_bar(wg);
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
-        const int row = row0 + 8 * hr;
         float l = l_r[hr];
         l += fuser_shfl_xor(l, 1);
         l += fuser_shfl_xor(l, 2);
-        if (row >= p.Sq) continue;
-        unsigned short* orow = o + (fuser_i64)row * p.o_ss;
+        const float inv = fuser_attn_inv(l, p.nan_zero);
+        const int r = warp * 16 + g + 8 * hr;  // row in the warpgroup's 64
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
-            const int col = 8 * j + 2 * t;
-            if (col < p.Dv) {
-                const float a = fuser_attn_finish(oacc[4 * j + 2 * hr], l, p.nan_zero);
-                const float c = fuser_attn_finish(oacc[4 * j + 2 * hr + 1], l, p.nan_zero);
-                *reinterpret_cast<fuser_u32*>(orow + col) = fuser_wg_pack2<BF16>(a, c);
-            }
+            const fuser_u32 v2 = fuser_wg_pack2<BF16>(oacc[4 * j + 2 * hr] * inv, oacc[4 * j + 2 * hr + 1] * inv);
+            asm volatile("st.shared.b32 [%0], %1;" :: "r"(s_o + r * 128 + ((j ^ (r & 7)) << 4) + 4 * t), "r"(v2)
+                         : "memory");
+        }
+    }
+    fuser_wg_bar(wg);
+    unsigned short* o = (unsigned short*)p.o + (fuser_i64)b * p.o_sb + (fuser_i64)h * p.o_sh;
+    const int wt = tid & 127, c = wt & 7, qw = row0 - warp * 16 - g;  // this warpgroup's first query row
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int r = i * 16 + (wt >> 3), row = qw + r;
+        if (row < p.Sq && c * 8 < p.Dv) {
+            uint4 x;
+            asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];" : "=r"(x.x), "=r"(x.y), "=r"(x.z), "=r"(x.w)
+                         : "r"(s_o + r * 128 + ((c ^ (r & 7)) << 4)) : "memory");
+            *reinterpret_cast<uint4*>(o + (fuser_i64)row * p.o_ss + c * 8) = x;
         }
     }
     FUSER_WG_TRACE_AT(threadIdx.x == 0, 2);
