@@ -28,7 +28,11 @@ The kernel (fp16/bf16, head dims D, Dv <= 64 in multiples of 8, no score terms; 
 - the two GEMMs of consecutive tiles overlap inside a warpgroup (FlashAttention-3's intra-warpgroup
   pipelining): iteration kt issues S(kt) = Q·K(kt)ᵀ and then O += P(kt-1)·V(kt-1), waits for S only, runs
   tile kt's softmax while the tensor cores do P·V, then waits for O before rescaling it. K/V go three stages
-  deep (V(kt-1) is still read while tile kt+1 lands).
+  deep (V(kt-1) is still read while tile kt+1 lands);
+- the epilogue multiplies O by one reciprocal of l per row, packs it into the warpgroup's rows of Q's shared tile
+  (swizzled like the inputs) and stores whole 16-byte chunks, 8 threads to a 128-byte row: the per-element
+  division and 4-byte stores scattered over 8 rows it replaced took 18% of a block at S=512
+  (``bench/profile_attention.py phases``).
 
 Two ptxas behaviours shape the loop (checked in the SASS, `nvdisasm`): it schedules the wgmma wait of the P·V as
 early as its basic block allows, above the softmax's exponentials (so the overlap above silently vanished), which
@@ -43,7 +47,8 @@ tiles. For the S=512 tail (bench/results/2026-11-21_attn_s512_notes.md): persist
 under the current one's last key tile) lost to the hardware's block placement, and blocks of two 256-thread
 sub-blocks splitting the last wave's tiles in shared memory ran every tile 25% slower; one wave of "triple" blocks
 (a pair tile, then a 64-row single whose keys the two warpgroups split) ran no faster than two waves (the loop is
-latency-bound, not tail-bound; BENCHMARKS.md, "Triple blocks"); none is in the tree.
+latency-bound, not tail-bound; BENCHMARKS.md, "Triple blocks"); stream-K (every block an equal range of (query
+tile, key tile) iterations) paid ~4 µs per query tile started, 1.7x as many of them; none is in the tree.
 
 Every other case (terms, wider heads, other archs, AMD) is not this tactic: the launch rule falls back to
 ``flash_mma``. On anything but an ``sm_90a`` compile the entry points are stubs (a trap on NVIDIA, empty on AMD),
