@@ -171,12 +171,15 @@ def run_cmd(model, inputs, shapes, device, output, seed, allow_tf32, no_cuda_gra
     """Run a (fused) MODEL in the onnx-fuse runtime and summarise its outputs."""
     try:
         from fuser.io import load_model
-        from fuser.verify import make_inputs
+        from fuser.verify import feeds_the_model_takes, has_generated_symbolic, make_inputs
 
         proto = load_model(model)
-        feeds = make_inputs(proto, seed, dict(_parse_input(s) for s in inputs), dict(_parse_shape(s) for s in shapes))
+        user, given = dict(_parse_input(s) for s in inputs), dict(_parse_shape(s) for s in shapes)
         sess = _session(proto, device, allow_tf32, not no_cuda_graph)
-        outs = sess.run(None, feeds)
+        if has_generated_symbolic(proto, user, given):  # sizes it refuses grow, as verification's do
+            _, outs = feeds_the_model_takes(proto, lambda f: sess.run(None, f), seed, user, given, str(model))
+        else:
+            outs = sess.run(None, make_inputs(proto, seed, user, given))
     except Exception as e:  # noqa: BLE001
         _fail(e)
         return
@@ -220,10 +223,14 @@ def bench_cmd(original, fused, device, warmup, iters, inputs, shapes, allow_tf32
         from fuser.bench import bench
         from fuser.io import load_model
         from fuser.kernels.backend import BackendUnavailable
-        from fuser.verify import make_inputs
+        from fuser.verify import feeds_the_model_takes, has_generated_symbolic, make_inputs, ort_session
 
         orig, fz = load_model(original), load_model(fused)
-        feeds = make_inputs(orig, 0, dict(_parse_input(s) for s in inputs), dict(_parse_shape(s) for s in shapes))
+        user, given = dict(_parse_input(s) for s in inputs), dict(_parse_shape(s) for s in shapes)
+        if has_generated_symbolic(orig, user, given):  # sizes the original takes (onnxruntime, CPU), as verify does
+            feeds, _ = feeds_the_model_takes(orig, ort_session(orig), 0, user, given, str(original))
+        else:
+            feeds = make_inputs(orig, 0, user, given)
         try:
             res = bench(orig, fz, device, warmup, iters, feeds, allow_tf32, cuda_graph=not no_cuda_graph)
         except BackendUnavailable as e:
@@ -233,7 +240,8 @@ def bench_cmd(original, fused, device, warmup, iters, inputs, shapes, allow_tf32
         return
     click.echo(res.block(Path(fused).name))
     if json_path is not None:
-        json_path.write_text(json.dumps({"original": str(original), "fused": str(fused), **res.to_json()}, indent=1))
+        json_path.write_text(json.dumps({"original": str(original), "fused": str(fused), **res.to_json(),
+                                          "input_shapes": {k: list(v.shape) for k, v in feeds.items()}}, indent=1))
 
 
 @main.group("kernels")

@@ -17,7 +17,7 @@ from .fused import FusionRecord
 from .io import approx_size, load_model, save_model_atomic, sha256_file
 from .pipeline import default_opset, run_pipeline
 from .report import build_report, op_counts, write_json
-from .verify import Verification, make_inputs, verify
+from .verify import Verification, first_line, verify
 
 TARGETS = ("hip", "onnx")
 TF32_RTOL = 1e-2  # default rel-L2 tolerance once a TF32 tactic runs (10-bit mantissa products)
@@ -195,7 +195,7 @@ def optimize(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLi
                 raise
             except Exception as e:  # the original ran on these inputs (_reference_run): the rewritten model failed
                 failure = VerificationError(f"{where}: the rewritten model failed to run on inputs the original "
-                                            f"runs on ({_first_line(e)})", result)
+                                            f"runs on ({first_line(e)})", result)
             timings["verify"] = time.perf_counter() - t2
             bad = result.verification.first_failure() if result.verification is not None else None
             if bad is not None:
@@ -236,32 +236,15 @@ def _reference_run(proto: onnx.ModelProto, in_path: Path | None, seed: int, inpu
     than wav2vec2's conv stack, a window larger than the sequence), they grow through SYMBOLIC_RETRY_SIZES (one
     session, run again) before this gives up with an InputError that names --shape."""
     from .external import has_external
-    from .verify import DEFAULT_SYMBOLIC_OTHER, SYMBOLIC_RETRY_SIZES, has_generated_symbolic, ort_session
+    from .verify import feeds_the_model_takes, ort_session
 
     try:  # a model onnxruntime cannot load is refused at once: no input size changes that
         run = ort_session(in_path if in_path is not None and has_external(proto) else proto)
     except InputError:
         raise
     except Exception as e:
-        raise InputError(f"{where}: cannot run the model for verification ({_first_line(e)})") from None
-    sizes = (DEFAULT_SYMBOLIC_OTHER, *SYMBOLIC_RETRY_SIZES) if has_generated_symbolic(proto, inputs, shapes) else (
-        DEFAULT_SYMBOLIC_OTHER,)
-    msg = ""
-    for other in sizes:
-        feeds = make_inputs(proto, seed, inputs, shapes, other=other)
-        try:
-            return feeds, run(feeds)
-        except Exception as e:  # onnxruntime refused these inputs
-            msg = _first_line(e)
-    hint = (f"; its symbolic dims were tried at {', '.join(map(str, sizes))}: give real sizes with "
-            "--shape NAME:d0,d1,... or --input NAME=FILE.npy") if len(sizes) > 1 else ""
-    raise InputError(f"{where}: cannot run the model for verification ({msg}){hint}")
-
-
-def _first_line(e: Exception) -> str:
-    """An exception's first line (300 characters at most), or its type where it has no message."""
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__
+        raise InputError(f"{where}: cannot run the model for verification ({first_line(e)})") from None
+    return feeds_the_model_takes(proto, run, seed, inputs, shapes, where, "run the model for verification")
 
 
 def _same_file(a: Path, b: Path) -> bool:

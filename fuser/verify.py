@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -188,6 +190,36 @@ def has_generated_symbolic(model: onnx.ModelProto, user: dict[str, np.ndarray] |
     return False
 
 
+def feeds_the_model_takes(model: onnx.ModelProto, run: Callable[[dict[str, np.ndarray]], Any], seed: int = 0,
+                          user: dict[str, np.ndarray] | None = None, shapes: dict[str, list[int]] | None = None,
+                          where: str = "the model", doing: str = "run the model") -> tuple[dict[str, np.ndarray], Any]:
+    """Generated inputs ``run`` accepts, and what it returned on them. Symbolic dims past the first axis start at
+    DEFAULT_SYMBOLIC_OTHER; where ``run`` refuses them (a waveform shorter than wav2vec2's conv stack, a window
+    larger than the sequence) they grow through SYMBOLIC_RETRY_SIZES before this gives up with one InputError that
+    names --shape. Sizes the user gave (``user``, ``shapes``) are never changed, and with none generated ``run``
+    gets one try."""
+    sizes = (DEFAULT_SYMBOLIC_OTHER, *SYMBOLIC_RETRY_SIZES) if has_generated_symbolic(model, user, shapes) else (
+        DEFAULT_SYMBOLIC_OTHER,)
+    msg = ""
+    for other in sizes:
+        feeds = make_inputs(model, seed, user, shapes, other=other)
+        try:
+            return feeds, run(feeds)
+        except InputError:
+            raise
+        except Exception as e:  # the model refused these inputs
+            msg = first_line(e)
+    hint = (f"; its symbolic dims were tried at {', '.join(map(str, sizes))}: give real sizes with "
+            "--shape NAME:d0,d1,... or --input NAME=FILE.npy") if len(sizes) > 1 else ""
+    raise InputError(f"{where}: cannot {doing} ({msg}){hint}")
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's first line (300 characters at most), or its type where it has no message."""
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
 def _dims_str(dims) -> str:
     return "[" + ",".join(str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?") for d in dims) + "]"
 
@@ -215,7 +247,7 @@ def ort_session(model: onnx.ModelProto | str | os.PathLike):
                          "or pass --no-verify") from None
 
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # its errors come back as exceptions, reported in one line (or sizes retried)
     # the reference is the model as written: none of onnxruntime's own rewrites (some of which also fail
     # on > 2 GiB weights), and no pre-packed weight copies
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

@@ -8,6 +8,7 @@ the original runs, and the fused model is verified at that size. Where no size w
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -95,3 +96,36 @@ def test_has_generated_symbolic():
     assert not has_generated_symbolic(conv_stack(), shapes={"x": [1, 1, 64]})
     feeds = make_inputs(conv_stack(), other=256)
     assert feeds["x"].shape == (1, 1, 256)
+
+
+def cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fuser.cli.main", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_run_and_bench_grow_sizes_too(tmp_path: Path):
+    """`onnx-fuse run` and `onnx-fuse bench` size generated symbolic dims as verification does: the 16-sample
+    waveform the stack refuses grows to 64 (y: [1, 4, 1]); a size given with --shape is used as given."""
+    src, out = tmp_path / "stack.onnx", tmp_path / "fused.onnx"
+    onnx.save(conv_stack(), src)
+    assert cli(src, "-o", out, "-q").returncode == 0
+    p = cli("run", out, "--device", "cpu")
+    assert p.returncode == 0, p.stderr
+    assert "y: float32 [1, 4, 1]" in p.stdout, p.stdout
+    p = cli("run", out, "--device", "cpu", "--shape", "x:2,1,100")  # (100 - 10) / 5 + 1 = 19, then 2
+    assert p.returncode == 0 and "y: float32 [2, 4, 2]" in p.stdout, p.stdout + p.stderr
+    rep = tmp_path / "bench.json"
+    p = cli("bench", src, out, "--device", "cpu", "--warmup", "1", "--iters", "2", "--json", rep)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(rep.read_text())["input_shapes"] == {"x": [1, 1, SYMBOLIC_RETRY_SIZES[0]]}
+    assert "onnxruntime" not in p.stderr  # the refused size is retried quietly
+
+
+def test_run_names_shape_where_no_size_works(tmp_path: Path):
+    """A stack no retry size satisfies: `onnx-fuse run` fails with exit 2 and one line naming --shape and the sizes."""
+    src = tmp_path / "deep.onnx"
+    onnx.save(conv_stack(kernel=10, stride=5, layers=7), src)
+    p = cli("run", src, "--device", "cpu")
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    errs = [ln for ln in p.stderr.splitlines() if ln.startswith("onnx-fuse: error:")]
+    assert len(errs) == 1 and "--shape" in errs[0] and "16, 64, 256, 1024, 4096" in errs[0], p.stderr
