@@ -38,6 +38,27 @@ def launch(be, b, h, s, d, dtype, tactic, pad=False, reps=2):
     torch.cuda.synchronize()
 
 
+def traced_records(be, src: str, module: str, var: str, qkvo, words: int):
+    """Launch variant ``var`` of the traced build ``src`` 30 times (warm, then the last launch's records) on
+    ``qkvo`` (B, H, S, D fp16 tensors) and return its per-block records ([blocks, words] int64) and the plan."""
+    import numpy as np
+
+    from fuser.kernels import toolchain
+    q, k, v, o = qkvo
+    r = A.Runner(be, q.shape, k.shape, v.shape, "float16", 1 / math.sqrt(q.shape[-1]), tactic=var)
+    fn = be.function(module, src, f"fuser_attn_{r.plan['family']}_f16", arch=toolchain.arch_specific(be.name, be.arch))
+    be.allow_dynamic_shared(fn, r.plan["smem"])
+    r.fn = fn
+    grid = r.plan.get("grid", r.grid)
+    nblk = grid[0] * grid[1] * grid[2]
+    ws = torch.zeros(words * nblk + 64, dtype=torch.int64, device="cuda")
+    r.args.params.ws = ws.data_ptr()
+    for _ in range(30):
+        r([q.data_ptr(), k.data_ptr(), v.data_ptr()], o.data_ptr())
+    torch.cuda.synchronize()
+    return ws[:words * nblk].view(nblk, words).cpu().numpy().astype(np.int64), r.plan, grid
+
+
 def trace(be, variants, b=8, h=12, s=512, d=64, name="s512"):
     """The block timeline of each variant (see the module docstring)."""
     import json
@@ -45,31 +66,18 @@ def trace(be, variants, b=8, h=12, s=512, d=64, name="s512"):
 
     import numpy as np
 
-    from fuser.kernels import toolchain
     src = "#define FUSER_WG_TRACE 1\n" + A.wgmma_source_for("f16")
-    q, k, v, o = (torch.randn(b, h, s, d, dtype=torch.float16, device="cuda") for _ in range(4))
+    qkvo = [torch.randn(b, h, s, d, dtype=torch.float16, device="cuda") for _ in range(4)]
     for var in variants:
-        r = A.Runner(be, q.shape, k.shape, v.shape, "float16", 1 / math.sqrt(d), tactic=var)
-        fam = r.plan["family"]
-        fn = be.function("attention_wgmma_trace_f16", src, f"fuser_attn_{fam}_f16",
-                         arch=toolchain.arch_specific(be.name, be.arch))
-        be.allow_dynamic_shared(fn, r.plan["smem"])
-        r.fn = fn
-        grid = r.plan.get("grid", r.grid)
-        nblk = grid[0] * grid[1] * grid[2]
-        ws = torch.zeros(4 * nblk + 64, dtype=torch.int64, device="cuda")
-        r.args.params.ws = ws.data_ptr()
-        for _ in range(30):  # warm, then the last launch's records
-            r([q.data_ptr(), k.data_ptr(), v.data_ptr()], o.data_ptr())
-        torch.cuda.synchronize()
-        rec = ws[:4 * nblk].view(nblk, 4).cpu().numpy().astype(np.int64)
+        rec, plan, grid = traced_records(be, src, "attention_wgmma_trace_f16", var, qkvo, 4)
+        fam, nblk = plan["family"], len(rec)
         t0 = rec[:, 1].min()
         st, e0, e1 = rec[:, 1] - t0, rec[:, 2] - t0, rec[:, 3] - t0
         end = np.where(rec[:, 3] > 0, np.maximum(e0, e1), e0)
         sm = rec[:, 0]
         nsm = len(np.unique(sm))
         first = st < (end.min())  # blocks that started before any block ended: the first wave
-        print(f"[trace {name}] {var} ({fam}, grid {grid}, {r.plan['threads']} threads): span {end.max() / 1e3:.2f} us, "
+        print(f"[trace {name}] {var} ({fam}, grid {grid}, {plan['threads']} threads): span {end.max() / 1e3:.2f} us, "
               f"{nblk} blocks on {nsm} SMs, first wave {int(first.sum())} blocks")
         for lab, m in (("first wave", first), ("later", ~first)):
             if m.any():
@@ -95,7 +103,6 @@ def phases(be, variants, b=8, h=12, s=512, d=64):
     stamps 4-6 inserted at fixed places of the source (asserted present, so a change of the loop fails loudly)."""
     import numpy as np
 
-    from fuser.kernels import toolchain
     src = ("#define FUSER_WG_TRACE 1\n" + A.wgmma_source_for("f16")).replace("4ull * blk", "8ull * blk")
     marks = [("fuser_wg_cp_wait<PF - 1>();  // Q and tile kb landed", "__syncthreads();", 4),
              ("fuser_wg_softmax<NN>(s, m_r, l_r, alpha, full, sl, p.causal, p.Skv, row0, kbase, t);",
@@ -106,22 +113,9 @@ def phases(be, variants, b=8, h=12, s=512, d=64):
         i = src.index(anchor)
         j = src.index(then, i) + len(then)
         src = src[:j] + f"\n    FUSER_WG_TRACE_AT(threadIdx.x == 0, {slot});" + src[j:]
-    q, k, v, o = (torch.randn(b, h, s, d, dtype=torch.float16, device="cuda") for _ in range(4))
+    qkvo = [torch.randn(b, h, s, d, dtype=torch.float16, device="cuda") for _ in range(4)]
     for var in variants:
-        r = A.Runner(be, q.shape, k.shape, v.shape, "float16", 1 / math.sqrt(d), tactic=var)
-        fam = r.plan["family"]
-        fn = be.function("attention_wgmma_phases_f16", src, f"fuser_attn_{fam}_f16",
-                         arch=toolchain.arch_specific(be.name, be.arch))
-        be.allow_dynamic_shared(fn, r.plan["smem"])
-        r.fn = fn
-        grid = r.plan.get("grid", r.grid)
-        nblk = grid[0] * grid[1] * grid[2]
-        ws = torch.zeros(8 * nblk + 64, dtype=torch.int64, device="cuda")
-        r.args.params.ws = ws.data_ptr()
-        for _ in range(30):
-            r([q.data_ptr(), k.data_ptr(), v.data_ptr()], o.data_ptr())
-        torch.cuda.synchronize()
-        rec = ws[:8 * nblk].view(nblk, 8).cpu().numpy().astype(np.int64)
+        rec, _, _ = traced_records(be, src, "attention_wgmma_phases_f16", var, qkvo, 8)
         st = rec[:, 1]
         stamps = {"landed": rec[:, 4], "first softmax": rec[:, 5], "loop drained": rec[:, 6], "end": rec[:, 2]}
         first = st - st.min() < (rec[:, 2] - st.min()).min()
