@@ -216,6 +216,8 @@ def main() -> int:
                          ["auto", "flash_simt", "flash_simt_kv_r128", "flash_simt_kv_r32"], pad=True, goal="info")
         rows += run_case(be, "B8 H12 S512 D64 fp32", 8, 12, 12, 512, 64, f32, ["flash_simt", "flash_simt_r128"],
                          goal="info")
+        rows += run_case(be, "ViT-B/16 B8 H12 S197 D64 fp32", 8, 12, 12, 197, 64, f32,
+                         ["auto", "flash_simt", "flash_simt_r128", "gemm_softmax"], goal="info")
     # fp32 with TF32 allowed (onnx-fuse --allow-tf32): flash_tf32 against PyTorch's TF32 paths
     tf32 = ["flash_tf32", "flash_tf32_m2", "flash_tf32_trunc"]
     rows += run_case(be, "TF32 B8 H12 S512 D64", 8, 12, 12, 512, 64, f32, [*tf32, "flash_simt"], goal="info",
