@@ -339,16 +339,38 @@ FUSER_INLINE void fuser_attn_simt(const fuser_attn_params& p) {
         for (int i = 0; i < RM; ++i)
 #pragma unroll
             for (int j = 0; j < 8; ++j) s[i][j] = 0.0f;
-        for (int d = 0; d < Dp; d += 4) {
-            float4 qa[RM];
+        // keys of this tile that exist: the last tile of a length off the tiles (ViT's 197 = 3 x 64 + 5) computes
+        // only its key columns 8j + tx with 8j below them, and P·V only its first keys rounded up to 4 (the
+        // rest of P is 0, the rest of V zero-filled); full tiles keep the unguarded loops
+        const int kin = p.Skv - k0 < BC ? p.Skv - k0 : BC;
+        if (kin == BC) {
+            for (int d = 0; d < Dp; d += 4) {
+                float4 qa[RM];
 #pragma unroll
-            for (int i = 0; i < RM; ++i) qa[i] = *reinterpret_cast<const float4*>(&Qs[(ty + TY * i) * LD + d]);
+                for (int i = 0; i < RM; ++i) qa[i] = *reinterpret_cast<const float4*>(&Qs[(ty + TY * i) * LD + d]);
 #pragma unroll
-            for (int j = 0; j < 8; ++j) {
-                const float4 kb = *reinterpret_cast<const float4*>(&KV[(tx + 8 * j) * LD + d]);
+                for (int j = 0; j < 8; ++j) {
+                    const float4 kb = *reinterpret_cast<const float4*>(&KV[(tx + 8 * j) * LD + d]);
 #pragma unroll
-                for (int i = 0; i < RM; ++i)
-                    s[i][j] = fuser_dot4(qa[i], kb, s[i][j]);
+                    for (int i = 0; i < RM; ++i)
+                        s[i][j] = fuser_dot4(qa[i], kb, s[i][j]);
+                }
+            }
+        } else {
+            const int jn = (kin + 7) >> 3;
+            for (int d = 0; d < Dp; d += 4) {
+                float4 qa[RM];
+#pragma unroll
+                for (int i = 0; i < RM; ++i) qa[i] = *reinterpret_cast<const float4*>(&Qs[(ty + TY * i) * LD + d]);
+#pragma unroll
+                for (int j = 0; j < 8; ++j) {
+                    if (j < jn) {
+                        const float4 kb = *reinterpret_cast<const float4*>(&KV[(tx + 8 * j) * LD + d]);
+#pragma unroll
+                        for (int i = 0; i < RM; ++i)
+                            s[i][j] = fuser_dot4(qa[i], kb, s[i][j]);
+                    }
+                }
             }
         }
         if (PF) __syncthreads();  // the key tile is read: P takes its place
@@ -408,7 +430,8 @@ FUSER_INLINE void fuser_attn_simt(const fuser_attn_params& p) {
             fuser_attn_fill<T, BC, DM, LD, NT>(Vs, v, p.v_ss, k0, p.Skv, p.Dv, vec);
         }
         __syncthreads();
-        for (int jj = 0; jj < BC; jj += 4) {
+        const int jend = (kin + 3) & ~3;
+        for (int jj = 0; jj < jend; jj += 4) {
             float4 pa[RM];
 #pragma unroll
             for (int i = 0; i < RM; ++i) pa[i] = *reinterpret_cast<const float4*>(&Ps[(ty + TY * i) * PLD + jj]);

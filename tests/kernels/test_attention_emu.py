@@ -57,6 +57,15 @@ def test_emulated_shapes(emu_be, tactic, shape):
         assert entry == f"fuser_attn_simtkv{64 if skv <= 64 else 128}r{tactic.rsplit('_r', 1)[1]}_f32"
 
 
+@needs_cxx
+@pytest.mark.parametrize("tactic", ["flash_simt", "flash_simt_r128"])
+@pytest.mark.parametrize("skv,causal", [(197, False), (129, False), (197, True), (134, False)])
+def test_emulated_short_last_key_tile(emu_be, tactic, skv, causal):
+    """A last key tile holding 5, 1 or 6 keys (ViT's 197 tokens, 129, 134): only its existing key columns and its
+    first keys rounded up to 4 are computed, and the result is the same (fp32 against float64)."""
+    _check(emu_be, tactic, 1, 2, 2, 70, skv, 64, 64, causal=causal, seed=skv)
+
+
 def _terms(kind: str, b: int, h: int, sq: int, skv: int):
     rng = np.random.default_rng(7)
     keep = rng.random((b, 1, sq, skv)) > 0.3
