@@ -182,9 +182,6 @@ FUSER_INLINE float fuser_dot4(const float4& a, const float4& b, float c) {
     return fmaf(a.w, b.w, fmaf(a.z, b.z, fmaf(a.y, b.y, fmaf(a.x, b.x, c))));
 }
 
-FUSER_INLINE float fuser_attn_finish(float acc, float l, int nan_zero) {
-    return l > 0.0f ? acc / l : (nan_zero ? 0.0f : FUSER_QNAN);
-}
 // 1 / l for a row's outputs (acc · (1/l): one division per row, not per output), 0 or NaN for a row of no weight
 FUSER_INLINE float fuser_attn_inv(float l, int nan_zero) {
     return l > 0.0f ? 1.0f / l : (nan_zero ? 0.0f : FUSER_QNAN);
@@ -271,6 +268,25 @@ FUSER_INLINE void fuser_attn_copy(float* dst, const float* src, fuser_i64 ld, in
     }
 }
 
+// S += Q·Kᵀ for one 64-key tile of flash_simt: this thread's RM rows (ty + TY·i) x 8 key columns (tx + 8j); GUARD
+// computes only the columns with j < jn (a short last tile), without it the loop has no branch.
+template <int RM, int TY, int LD, bool GUARD>
+FUSER_INLINE void fuser_attn_simt_qk(float (&s)[RM][8], const float* Qs, const float* KV, int Dp, int ty, int tx,
+                                     int jn) {
+    for (int d = 0; d < Dp; d += 4) {
+        float4 qa[RM];
+#pragma unroll
+        for (int i = 0; i < RM; ++i) qa[i] = *reinterpret_cast<const float4*>(&Qs[(ty + TY * i) * LD + d]);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            if (GUARD && j >= jn) continue;
+            const float4 kb = *reinterpret_cast<const float4*>(&KV[(tx + 8 * j) * LD + d]);
+#pragma unroll
+            for (int i = 0; i < RM; ++i) s[i][j] = fuser_dot4(qa[i], kb, s[i][j]);
+        }
+    }
+}
+
 // NT threads = NT/8 (ty) x 8 (tx). Rows ty + (NT/8)*i (a warp's four ty rows land in different banks);
 // S columns tx + 8j; O columns tx*4 + 32c + u (a warp's V reads are 128 contiguous bytes).
 // Head dims <= 64 (PF): K and V tiles have buffers of their own and P takes the key tile's place once S is
@@ -341,38 +357,10 @@ FUSER_INLINE void fuser_attn_simt(const fuser_attn_params& p) {
             for (int j = 0; j < 8; ++j) s[i][j] = 0.0f;
         // keys of this tile that exist: the last tile of a length off the tiles (ViT's 197 = 3 x 64 + 5) computes
         // only its key columns 8j + tx with 8j below them, and P·V only its first keys rounded up to 4 (the
-        // rest of P is 0, the rest of V zero-filled); full tiles keep the unguarded loops
+        // rest of P is 0, the rest of V zero-filled); full tiles keep the unguarded loop
         const int kin = p.Skv - k0 < BC ? p.Skv - k0 : BC;
-        if (kin == BC) {
-            for (int d = 0; d < Dp; d += 4) {
-                float4 qa[RM];
-#pragma unroll
-                for (int i = 0; i < RM; ++i) qa[i] = *reinterpret_cast<const float4*>(&Qs[(ty + TY * i) * LD + d]);
-#pragma unroll
-                for (int j = 0; j < 8; ++j) {
-                    const float4 kb = *reinterpret_cast<const float4*>(&KV[(tx + 8 * j) * LD + d]);
-#pragma unroll
-                    for (int i = 0; i < RM; ++i)
-                        s[i][j] = fuser_dot4(qa[i], kb, s[i][j]);
-                }
-            }
-        } else {
-            const int jn = (kin + 7) >> 3;
-            for (int d = 0; d < Dp; d += 4) {
-                float4 qa[RM];
-#pragma unroll
-                for (int i = 0; i < RM; ++i) qa[i] = *reinterpret_cast<const float4*>(&Qs[(ty + TY * i) * LD + d]);
-#pragma unroll
-                for (int j = 0; j < 8; ++j) {
-                    if (j < jn) {
-                        const float4 kb = *reinterpret_cast<const float4*>(&KV[(tx + 8 * j) * LD + d]);
-#pragma unroll
-                        for (int i = 0; i < RM; ++i)
-                            s[i][j] = fuser_dot4(qa[i], kb, s[i][j]);
-                    }
-                }
-            }
-        }
+        if (kin == BC) fuser_attn_simt_qk<RM, TY, LD, false>(s, Qs, KV, Dp, ty, tx, 8);
+        else fuser_attn_simt_qk<RM, TY, LD, true>(s, Qs, KV, Dp, ty, tx, (kin + 7) >> 3);
         if (PF) __syncthreads();  // the key tile is read: P takes its place
         // scores in natural units; the term branch is taken once per tile, outside the unrolled loops (a
         // per-score branch lays the term code between the hot instructions, and the instruction fetch stalls)
