@@ -5,6 +5,7 @@
 #   tests-b   GPU tests: attention (every tactic), then bench_attention.py        -> gpu_tests_b.log, bench_attention.*
 #   cnn       bench/e2e_cnn.py, all models, batch 1 and 8, fp32 and TF32          -> e2e.log, e2e_cnn.json
 #   tr        bench/e2e_transformers.py, fp32 and TF32 [--cases …]               -> e2e_transformers.log/.json
+#   linear    GPU tests: the linear family + runtime linear steps, then e2e_transformers [--cases …] -> *_linear.log
 #   views     GPU tests: layout views (strided attention I/O) and the runtime     -> gpu_tests_views.log
 source "$(dirname "$0")/device_env.sh"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader | tee "$OUT/device.txt"
@@ -24,8 +25,14 @@ tr)
     shift
     timeout 560 python3 "$REPO/bench/e2e_transformers.py" --out "$OUT" "$@" 2>&1 | grep -v "^\[W\|Warning\|warn(" \
         | tee "$OUT/e2e_transformers.log" | tail -9 ;;
+linear)
+    shift
+    timeout 200 "${PYT[@]}" "$REPO/tests/gpu/test_linear_gpu.py" 2>&1 | grep -v "^\[" | tee "$OUT/gpu_tests_linear.log" \
+        | tail -5
+    timeout 380 python3 "$REPO/bench/e2e_transformers.py" --out "$OUT" "$@" 2>&1 | grep -v "^\[W\|Warning\|warn(" \
+        | tee "$OUT/e2e_transformers.log" | tail -9 ;;
 views)
     timeout 400 "${PYT[@]}" "$REPO/tests/gpu/test_layout_views_gpu.py" "$REPO/tests/gpu/test_runtime_gpu.py" 2>&1 \
         | grep -v "^\[" | tee "$OUT/gpu_tests_views.log" | tail -8 ;;
-*) echo "usage: $0 tests-a|tests-b|cnn|tr [--cases …]|views"; exit 2 ;;
+*) echo "usage: $0 tests-a|tests-b|cnn|tr [--cases …]|linear [--cases …]|views"; exit 2 ;;
 esac

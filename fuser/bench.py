@@ -38,12 +38,15 @@ class BenchResult:
     current_all_ms: list[float]
     cuda_graph: str = "off"
     baseline_graph_ms: float | None = None  # the original with the CUDA EP's own CUDA graphs, where it accepts them
+    linear_steps: int = 0  # of the kernel steps: fp32 linear layers on the FP64 tensor cores (fuser.linear_steps)
 
     def block(self, name: str) -> str:
         return (f"[{name}] device={self.device}\n"
                 f"  baseline latency: {self.baseline_ms:.4f} ms (original, onnxruntime)\n"
                 f"  current latency:  {self.current_ms:.4f} ms (fused, onnx-fuse runtime: "
-                f"{self.kernel_steps} kernel steps, {self.island_steps} onnxruntime islands, "
+                f"{self.kernel_steps} kernel steps"
+                + (f" ({self.linear_steps} fp64-tensor-core linear)" if self.linear_steps else "")
+                + f", {self.island_steps} onnxruntime islands, "
                 f"CUDA graph {self.cuda_graph})\n"
                 + (f"  (original with onnxruntime's enable_cuda_graph: {self.baseline_graph_ms:.4f} ms)\n"
                    if self.baseline_graph_ms is not None else "")
@@ -91,13 +94,15 @@ def _ort_graph_ms(ort, original: onnx.ModelProto, opts, ex, popts: dict, dev_fee
 
 def bench(original: onnx.ModelProto, fused: onnx.ModelProto, device: str = "auto", warmup: int = 10,
           iters: int = 50, feeds: dict[str, np.ndarray] | None = None, allow_tf32: bool = False,
-          seed: int = 0, cuda_graph: bool = True, layout_views: bool = True) -> BenchResult:
+          seed: int = 0, cuda_graph: bool = True, layout_views: bool = True,
+          fp64_linear: bool | None = None) -> BenchResult:
     import onnxruntime as ort
 
     from .runtime import Session
 
     feeds = feeds if feeds is not None else make_inputs(original, seed)
-    sess = Session(fused, device=device, allow_tf32=allow_tf32, cuda_graph=cuda_graph, layout_views=layout_views)
+    sess = Session(fused, device=device, allow_tf32=allow_tf32, cuda_graph=cuda_graph, layout_views=layout_views,
+                   fp64_linear=fp64_linear)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if sess.backend.is_device:
@@ -142,4 +147,4 @@ def bench(original: onnx.ModelProto, fused: onnx.ModelProto, device: str = "auto
     b, c = statistics.median(b_ms), statistics.median(c_ms)
     return BenchResult(sess.device, b, c, b / c if c > 0 else float("inf"), snr, cos, rel, iters,
                        sess.kernel_steps, len(sess.steps) - sess.kernel_steps, b_ms, c_ms, sess.graph_status,
-                       b_graph)
+                       b_graph, sum(getattr(getattr(st, "ftype", None), "base", "") == "Linear" for st in sess.steps))

@@ -128,6 +128,15 @@ def _attention_runner(backend, shape, dtype, attrs: dict, consts: list[np.ndarra
                             strides=strides)
 
 
+def _linear_runner(backend, shape, dtype, attrs: dict, consts: list[np.ndarray | None]) -> Callable:
+    """FusedLinear (a plan-only node, :mod:`fuser.linear_steps`): inputs X, W, b or "", R or ""."""
+    from .kernels import linear
+
+    w = consts[1].T if attrs.get("trans_w", 0) else consts[1]  # a Gemm's transB: W stored [N, K]
+    return linear.Runner(backend, shape, w, consts[2] if len(consts) > 2 else None,
+                         residual=bool(attrs.get("residual", 0)), gelu=bool(attrs.get("gelu", 0)))
+
+
 # inputs that decide an op's output shape by their values (index, or None: every input from that index on)
 _SHAPE_INPUTS: dict[str, tuple[int, ...]] = {
     "Reshape": (1,), "Expand": (1,), "Tile": (1,), "ConstantOfShape": (0,), "Range": (0, 1, 2), "Slice": (1, 2, 3, 4),
@@ -168,7 +177,7 @@ class _Shapes(list):
 # fused base → runner builder. A runner's output shape is the input's unless it has ``output_shape``.
 RUNNER_BUILDERS: dict[str, Callable] = {"BatchNorm": _bn_runner, "LeakyRelu": _lrelu_runner,
                                         "GroupNorm": _gn_runner, "Conv": _conv_runner,
-                                        "Attention": _attention_runner}
+                                        "Attention": _attention_runner, "Linear": _linear_runner}
 # builders that take every input's shape (and the op type) because no single input decides the launch
 SHAPED_BUILDERS = ("Attention",)
 _KERNEL_DTYPES = (np.float32, np.float16)

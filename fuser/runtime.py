@@ -24,6 +24,7 @@ from onnx import helper, numpy_helper
 
 from .fused import DOMAIN, FusedOpType, parse_op_type
 from .layout_views import NodeViews, numpy_input, numpy_output, plan_views, value_dims
+from .linear_steps import linear_op_type
 
 
 @dataclass
@@ -159,12 +160,15 @@ class Session:
     """Run a (fused) ONNX model; the API mirrors ``onnxruntime.InferenceSession``."""
 
     def __init__(self, model: str | os.PathLike | onnx.ModelProto, device: str = "auto", allow_tf32: bool = False,
-                 cuda_graph: bool = True, layout_views: bool = True) -> None:
+                 cuda_graph: bool = True, layout_views: bool = True, fp64_linear: bool | None = None) -> None:
         """``allow_tf32``: the onnxruntime islands may use TF32 (CUDA EP ``use_tf32``; our kernels follow their
         tactics). ``cuda_graph``: on NVIDIA, replay the whole plan as one CUDA graph after the first run of
         each input signature (see :mod:`fuser.device_runtime`; ``graph_status`` says whether it is on).
         ``layout_views``: attention kernel steps read Q/K/V and write O through strides, and the head-split
-        Reshape/Transpose (and Split) nodes around them do not run (:mod:`fuser.layout_views`)."""
+        Reshape/Transpose (and Split) nodes around them do not run (:mod:`fuser.layout_views`).
+        ``fp64_linear``: fp32 MatMul(+bias, GELU, residual) chains with constant weights run as our linear steps on
+        the FP64 tensor cores (:mod:`fuser.linear_steps`); None (default): where that is faster and exact — the
+        cuda backend, no ``allow_tf32``, a GPU whose fp64 tensor cores match its fp32 peak (A100, H100/H200)."""
         self.base_dir: str | None = None  # where external data (of > 2 GiB models) resolves
         if isinstance(model, (str, os.PathLike)):
             from .io import load_model
@@ -197,6 +201,12 @@ class Session:
         if layout_views:
             nodes, self.views = _apply_views(nodes, self.initializers, set(self.output_names), self._is_attention,
                                              value_dims(model))
+        self.linear_steps = self._wants_fp64_linear(fp64_linear, allow_tf32)
+        if self.linear_steps:
+            from .linear_steps import plan_linear_steps
+
+            nodes = plan_linear_steps(nodes, self.initializers, set(self.output_names), value_dims(model),
+                                      node_inputs)
         groups = schedule(nodes, self._is_kernel)
         needed_later: list[set[str]] = [set() for _ in groups]
         acc = set(self.output_names)
@@ -207,7 +217,7 @@ class Session:
         for k, nodes in enumerate(groups):
             if len(nodes) == 1 and self._is_kernel(nodes[0]):
                 n = nodes[0]
-                ft = parse_op_type(n.op_type)
+                ft = linear_op_type(n) or parse_op_type(n.op_type)
                 self.steps.append(KernelStep(n, ft, _step_attrs(n, ft), self.views.get(n.name)))
                 continue
             produced = {o for n in nodes for o in n.output if o}
@@ -224,10 +234,22 @@ class Session:
 
             self._device = DeviceExecutor(self, self.backend, allow_tf32, cuda_graph)
 
+    def _wants_fp64_linear(self, asked: bool | None, allow_tf32: bool) -> bool:
+        if asked is False or self.backend.name != "cuda" or allow_tf32:
+            if asked:
+                raise ValueError("fp64_linear needs the cuda backend and no allow_tf32")
+            return False
+        from .kernels.linear import fp64_tensor_cores
+
+        return bool(asked) or fp64_tensor_cores(self.backend.arch)
+
     def _is_kernel(self, n: onnx.NodeProto) -> bool:
-        """A step of its own: a fused node we run (on a device: only where a device kernel exists)."""
+        """A step of its own: a fused node we run (on a device: only where a device kernel exists), or a linear
+        step of the plan (:mod:`fuser.linear_steps`)."""
         if n.domain != DOMAIN:
             return False
+        if linear_op_type(n) is not None:
+            return True
         ftype = parse_op_type(n.op_type)
         if ftype is None:
             return False

@@ -9,7 +9,7 @@ from types import ModuleType
 
 # Order is the order `onnx-fuse kernels list` prints.
 FAMILY_NAMES: tuple[str, ...] = ("conv", "conv_mma", "conv_wgmma", "conv_depthwise", "conv_winograd", "batchnorm",
-                                  "leaky_relu", "group_norm", "attention")
+                                  "leaky_relu", "group_norm", "attention", "linear")
 
 
 def get_family(name: str) -> ModuleType:

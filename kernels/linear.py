@@ -1,0 +1,275 @@
+"""fp32 linear layers on the FP64 tensor cores: Y = act(X·W + b) [+ R], fp32 in and out.
+
+Why fp64: on Hopper (and A100) the FP64 tensor cores (DMMA) have the same peak as the fp32 CUDA cores —
+67 TFLOP/s each on an H200 — and cuBLAS's DGEMM runs nearer its peak than its SGEMM does: on ViT-B/16's
+weight GEMMs at batch 8, 54–55 against 38–41 TFLOP/s (``bench/probe_fp64_gemm.py``, BENCHMARKS.md). fp32
+values widen to fp64 exactly and each fp64 dot product rounds once to fp32, so the result is *more* exact
+than SGEMM's (relative error 2.5e-8 against SGEMM's 5e-7), not a lower precision: an fp32 model keeps its
+fp32 contract. GPUs whose fp64 rate is a fraction of fp32 (GeForce, L40, B200) must not take this path:
+:func:`fp64_tensor_cores` gates it by architecture.
+
+One linear step is three launches on the caller's stream:
+
+    X (fp32 [M, K]) ─► widen ─► X64 ─┐
+                                     ├─► cuBLAS DGEMM ─► C64 [M, N] ─► epilogue ─► Y (fp32 [M, N])
+    W (fp64 [K, N], uploaded once) ──┘           b [N], R [M, N], GELU ─┘
+
+The widen and epilogue kernels are ours (HIP-dialect source, this file); the GEMM is cuBLAS's DGEMM, called
+through ctypes (:class:`Cublas`), because a DMMA GEMM at cuBLAS's 82% of peak is its own project. The
+epilogue adds the bias, applies the exact (erf) GELU in fp32 as the exported graph does, and adds the
+residual, so those onnxruntime element-wise kernels do not run. X64 and C64 live in scratch buffers shared
+by every linear step of a backend (the steps run one after another on one stream).
+
+AMD: the widen/epilogue source compiles through hiprtc (compile-checked here), but the GEMM binding is
+CUDA-only (hipBLAS is not bound), so the runtime never plans linear steps on the hip backend.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import glob
+import os
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+from .backend import DeviceBackend, KernelArgs, as_ptr, ceil_div
+
+NAME = "linear"
+
+# Architectures whose FP64 tensor-core peak is at least their fp32 CUDA-core peak (A100: 19.5 / 19.5,
+# H100/H200: 67 / 67 TFLOP/s). Not sm_86/89 (fp64 at 1/64 rate) nor sm_100 (B200: 40 fp64 vs 80 fp32).
+FP64_TC_ARCHS = ("sm_80", "sm_90", "sm_90a")
+
+BLOCK = 256
+EPILOGUE_BLOCK = 128  # a row of 768 columns is 384 pairs: three full blocks
+
+SOURCE = r"""
+// fp32 -> fp64, n elements, one 16-byte vector (vec: x 16-byte aligned; y is ours) or one element per thread:
+// a grid of n/4 threads keeps every load in flight at once (a grid-stride loop measured 38 us per ViT layer).
+FUSER_GLOBAL void fuser_linear_widen(const float* __restrict__ x, double* __restrict__ y, fuser_i64 n, int vec) {
+    const fuser_i64 i = (fuser_i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (vec) {
+        const fuser_i64 n4 = n >> 2;
+        if (i < n4) {
+            const float4 v = reinterpret_cast<const float4*>(x)[i];
+            double2* o = reinterpret_cast<double2*>(y) + 2 * i;
+            o[0] = make_double2((double)v.x, (double)v.y);
+            o[1] = make_double2((double)v.z, (double)v.w);
+        }
+        if (i < (n & 3)) y[(n4 << 2) + i] = (double)x[(n4 << 2) + i];
+        return;
+    }
+    if (i < n) y[i] = (double)x[i];
+}
+
+// The exported GELU, in fp32 like the graph: x / sqrt(2) -> Erf -> + 1 -> * x -> * 0.5.
+FUSER_INLINE float fuser_linear_act(float v, int gelu) {
+    return gelu ? (v * (1.0f + erff(v / 1.41421353816986083984f))) * 0.5f : v;
+}
+
+// Y[m, :] = act(float(C[m, :]) + b) + R[m, :]   (bias, R optional: null pointers)
+// Grid: x over a row's columns (pairs of them when vec: N even and Y, R 8-byte aligned; C and b are ours), y over
+// rows (striding past 65535): no index division, the bias read once per thread.
+FUSER_GLOBAL void fuser_linear_epilogue(const double* __restrict__ c, const float* __restrict__ bias,
+                                        const float* __restrict__ r, float* __restrict__ y,
+                                        fuser_i64 m, int n, int gelu, int vec) {
+    const int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (vec) {
+        if (2 * j >= n) return;
+        const float b0 = bias ? bias[2 * j] : 0.0f, b1 = bias ? bias[2 * j + 1] : 0.0f;
+        for (fuser_i64 row = blockIdx.y; row < m; row += gridDim.y) {
+            const fuser_i64 at = row * n / 2 + j;
+            const double2 cv = reinterpret_cast<const double2*>(c)[at];
+            float a0 = fuser_linear_act((float)cv.x + b0, gelu), a1 = fuser_linear_act((float)cv.y + b1, gelu);
+            if (r) { const float2 rv = reinterpret_cast<const float2*>(r)[at]; a0 += rv.x; a1 += rv.y; }
+            reinterpret_cast<float2*>(y)[at] = make_float2(a0, a1);
+        }
+        return;
+    }
+    if (j >= n) return;
+    const float b = bias ? bias[j] : 0.0f;
+    for (fuser_i64 row = blockIdx.y; row < m; row += gridDim.y) {
+        const fuser_i64 at = row * n + j;
+        float a = fuser_linear_act((float)c[at] + b, gelu);
+        if (r) a += r[at];
+        y[at] = a;
+    }
+}
+"""
+
+VARIANTS: list[str] = ["fuser_linear_widen", "fuser_linear_epilogue"]
+
+
+def reference(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None, residual: np.ndarray | None = None,
+              gelu: bool = False) -> np.ndarray:
+    """numpy reference: the product in float64 rounded once to fp32 (what the device computes), then the fp32
+    epilogue in the graph's order (bias, GELU, residual)."""
+    y = (np.asarray(x, np.float64) @ np.asarray(w, np.float64)).astype(np.float32)
+    if bias is not None:
+        y = y + np.asarray(bias, np.float32).reshape(-1)
+    if gelu:
+        from math import erf
+
+        verf = np.vectorize(erf, otypes=[np.float64])
+        y = ((y * (np.float32(1.0) + verf(y / np.float32(1.41421353816986083984)).astype(np.float32)))
+             * np.float32(0.5)).astype(np.float32)
+    if residual is not None:
+        y = y + residual
+    return y.astype(np.float32)
+
+
+def fp64_tensor_cores(arch: str) -> bool:
+    """Does this GPU run fp64 GEMMs on tensor cores at least as fast as fp32 ones on CUDA cores?"""
+    return arch in FP64_TC_ARCHS
+
+
+# -- cuBLAS (CUDA only) ---------------------------------------------------------------------------------
+_CUBLAS_NAMES = ("libcublas.so.13", "libcublas.so.12", "libcublas.so.11", "libcublas.so")
+
+
+def _find_cublas() -> ctypes.CDLL:
+    """The libcublas onnxruntime already loaded (same process, same copy), else one on the loader path, else one
+    from an ``nvidia-cublas`` wheel on sys.path."""
+    try:
+        with open("/proc/self/maps") as f:
+            loaded = sorted({ln.split()[-1] for ln in f if "/libcublas.so" in ln})
+        for path in loaded:
+            return ctypes.CDLL(path)
+    except OSError:
+        pass
+    for name in _CUBLAS_NAMES:
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    for base in sys.path:
+        for path in sorted(glob.glob(os.path.join(base, "nvidia", "*", "lib", "libcublas.so*")), reverse=True):
+            try:
+                return ctypes.CDLL(path)
+            except OSError:
+                continue
+    found = ctypes.util.find_library("cublas")
+    if found:
+        return ctypes.CDLL(found)
+    raise RuntimeError("linear layers on fp64 tensor cores need libcublas (it ships with onnxruntime-gpu's CUDA "
+                       "libraries); none was found")
+
+
+class Cublas:
+    """One cuBLAS handle for a backend, with its own workspace (so a CUDA-graph capture never allocates)."""
+
+    WORKSPACE = 32 << 20
+
+    def __init__(self, backend: DeviceBackend) -> None:
+        lib = _find_cublas()
+        self.lib = lib
+        self.handle = ctypes.c_void_p()
+        self._check(lib.cublasCreate_v2(ctypes.byref(self.handle)), "cublasCreate")
+        self._ws = backend.malloc(self.WORKSPACE)
+        self._check(lib.cublasSetWorkspace_v2(self.handle, ctypes.c_void_p(self._ws), ctypes.c_size_t(self.WORKSPACE)),
+                    "cublasSetWorkspace")
+        self._dgemm = lib.cublasDgemm_v2
+        self._dgemm.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                ctypes.POINTER(ctypes.c_double), ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
+                                ctypes.c_int, ctypes.POINTER(ctypes.c_double), ctypes.c_void_p, ctypes.c_int]
+        self._one, self._zero = ctypes.c_double(1.0), ctypes.c_double(0.0)
+        self._stream = None
+
+    @staticmethod
+    def _check(status: int, what: str) -> None:
+        if status != 0:
+            raise RuntimeError(f"{what} failed: cuBLAS status {status}")
+
+    def gemm_rowmajor(self, m: int, n: int, k: int, x: int, w: int, c: int, stream: int) -> None:
+        """C[m, n] = X[m, k] · W[k, n], all fp64 row-major: cuBLAS (column-major) computes Cᵀ = Wᵀ·Xᵀ."""
+        if stream != self._stream:
+            self._check(self.lib.cublasSetStream_v2(self.handle, ctypes.c_void_p(stream)), "cublasSetStream")
+            self._stream = stream
+        self._check(self._dgemm(self.handle, 0, 0, n, m, k, ctypes.byref(self._one), ctypes.c_void_p(w), n,
+                                ctypes.c_void_p(x), k, ctypes.byref(self._zero), ctypes.c_void_p(c), n),
+                    "cublasDgemm")
+
+
+class _Scratch:
+    """Grow-only device buffers shared by a backend's linear steps. A buffer outgrown is kept (not freed): a
+    captured CUDA graph may still name it."""
+
+    def __init__(self, backend: DeviceBackend) -> None:
+        self.backend = backend
+        self.slots: dict[str, tuple[int, int]] = {}
+        self.kept: list[int] = []
+
+    def get(self, slot: str, nbytes: int) -> int:
+        ptr, size = self.slots.get(slot, (0, 0))
+        if size < nbytes:
+            if ptr:
+                self.kept.append(ptr)
+            ptr = self.backend.malloc(nbytes)
+            self.slots[slot] = (ptr, nbytes)
+        return ptr
+
+
+def _shared(backend: DeviceBackend) -> tuple[Cublas, _Scratch]:
+    state = getattr(backend, "_linear_state", None)
+    if state is None:
+        state = (Cublas(backend), _Scratch(backend))
+        backend._linear_state = state  # one handle and one scratch pool per backend (per device context)
+    return state
+
+
+class Runner:
+    """One linear layer on device buffers, built once per node and input shape.
+
+    ``Runner(backend, x_shape, w, bias=None, residual=False, gelu=False)``: ``w`` [K, N] (uploaded once as fp64),
+    ``bias`` [N] or None; ``runner((x_ptr[, r_ptr]), y_ptr, stream)`` launches widen, DGEMM and epilogue.
+    ``output_shape`` is ``x_shape[:-1] + (N,)``. fp32 pointers at any 4-byte alignment."""
+
+    def __init__(self, backend: DeviceBackend, x_shape: Sequence[int], w: np.ndarray, bias: np.ndarray | None = None,
+                 residual: bool = False, gelu: bool = False) -> None:
+        if not backend.is_device or backend.name != "cuda":
+            raise TypeError("linear.Runner needs the cuda backend (the DGEMM is cuBLAS's)")
+        w = np.asarray(w)
+        if w.ndim != 2 or w.shape[0] == 0 or len(x_shape) < 1 or int(x_shape[-1]) != w.shape[0]:
+            raise ValueError(f"linear: X {tuple(x_shape)} and W {w.shape} do not multiply")
+        self.backend = backend
+        self.k, self.n = int(w.shape[0]), int(w.shape[1])
+        self.m = int(np.prod([int(d) for d in x_shape[:-1]], dtype=np.int64))
+        self.output_shape = tuple(int(d) for d in x_shape[:-1]) + (self.n,)
+        self.cublas, self.scratch = _shared(backend)
+        self._w = backend.upload(np.ascontiguousarray(w, dtype=np.float64))
+        self._b = None
+        if bias is not None:
+            b = np.ascontiguousarray(np.asarray(bias, np.float32).reshape(-1))
+            if b.size != self.n:
+                raise ValueError(f"linear: bias has {b.size} elements, W has N={self.n} columns")
+            self._b = backend.upload(b)
+        self.residual, self.gelu = bool(residual), bool(gelu)
+        self.widen = backend.function(NAME, SOURCE, "fuser_linear_widen")
+        self.epilogue = backend.function(NAME, SOURCE, "fuser_linear_epilogue")
+        self._wargs = KernelArgs("ppli")
+        self._eargs = KernelArgs("ppppliii")
+
+    def __call__(self, inputs: Sequence[int], output: int, stream: int = 0) -> None:
+        if self.m == 0 or self.n == 0:
+            return
+        x, y = as_ptr(inputs[0]), as_ptr(output)
+        r = as_ptr(inputs[1]) if self.residual else 0
+        if any(p & 3 for p in (x, y, r)):
+            raise ValueError("linear: fp32 pointers must be 4-byte aligned")
+        mk, mn = self.m * self.k, self.m * self.n
+        x64 = self.scratch.get("x", 8 * mk)
+        c64 = self.scratch.get("c", 8 * mn)
+        b = self.backend
+        vec = 1 if x & 15 == 0 else 0
+        self._wargs.set(x, x64, mk, vec)
+        b.launch(self.widen, (ceil_div(max(mk // 4, 3) if vec else mk, BLOCK), 1, 1), (BLOCK, 1, 1), self._wargs, 0,
+                 stream)
+        self.cublas.gemm_rowmajor(self.m, self.n, self.k, x64, int(self._w.ptr), c64, stream)
+        vec = 1 if self.n % 2 == 0 and y & 7 == 0 and r & 7 == 0 else 0
+        self._eargs.set(c64, int(self._b.ptr) if self._b is not None else 0, r, y, self.m, self.n, int(self.gelu), vec)
+        cols = self.n // 2 if vec else self.n
+        b.launch(self.epilogue, (ceil_div(cols, EPILOGUE_BLOCK), min(self.m, 65535), 1), (EPILOGUE_BLOCK, 1, 1),
+                 self._eargs, 0, stream)
