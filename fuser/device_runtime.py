@@ -134,7 +134,8 @@ def _linear_runner(backend, shape, dtype, attrs: dict, consts: list[np.ndarray |
 
     w = consts[1].T if attrs.get("trans_w", 0) else consts[1]  # a Gemm's transB: W stored [N, K]
     return linear.Runner(backend, shape, w, consts[2] if len(consts) > 2 else None,
-                         residual=bool(attrs.get("residual", 0)), gelu=bool(attrs.get("gelu", 0)))
+                         residual=bool(attrs.get("residual", 0)), gelu=bool(attrs.get("gelu", 0)),
+                         x_f64=bool(attrs.get("in64", 0)), y_f64=bool(attrs.get("out64", 0)))
 
 
 # inputs that decide an op's output shape by their values (index, or None: every input from that index on)
@@ -420,7 +421,7 @@ class DeviceExecutor:
         x = values[step.node.input[0]]
         shape = tuple(x.shape())
         dtype = _ORT_TYPES.get(x.data_type())
-        if dtype not in _KERNEL_DTYPES:
+        if dtype not in _KERNEL_DTYPES and not (step.attrs.get("in64") and dtype == np.float64):
             raise TypeError(f"{step.node.name}: kernels take float32/float16, got {x.data_type()}")
         key = (step.node.name, shape, np.dtype(dtype).str)
         extra = {}
@@ -451,7 +452,8 @@ class DeviceExecutor:
         out = self._buffers.get(key)
         if out is None:  # outputs are reused run to run: the caller gets copies (numpy) or syncs first
             out = self._buffers[key] = self.ort.OrtValue.ortvalue_from_shape_and_type(
-                list(out_shape or getattr(runner, "output_shape", shape)), dtype, self.ort_device, 0)
+                list(out_shape or getattr(runner, "output_shape", shape)), getattr(runner, "output_dtype", dtype),
+                self.ort_device, 0)
         # X, then the runtime inputs in order (a FusedConvAdd's residual); a view reads at its column offset
         ptrs = [x.data_ptr() + offsets.get(0, 0)] + [values[n].data_ptr() + offsets.get(i, 0)
                                                      for i, n in enumerate(step.node.input) if i >= 1 and n

@@ -12,11 +12,12 @@ synthetic ``FusedLinear`` node of its own plan::
          R: a computed value of exactly Y's shape (shape inference's dims, equal sizes or symbols), either side
 
 Guards: X has at least ``MIN_ROWS`` rows where shape inference knows them (a classifier's last Gemm at batch 1
-stays in onnxruntime); every intermediate (t, u, the GELU's values, v) has only the consumers of the chain and is not a graph
-output; the bias is optional, the GELU and the residual only follow a bias. The node's inputs are
-``[X, W, b or "", R or ""]``, its attributes ``gelu``, ``residual`` and ``trans_w`` (W stored as [N, K], a
-Gemm's transB) (0/1), its output the chain's last
-value, so what reads it (islands, layout views) is unchanged.
+stays in onnxruntime); every intermediate (t, u, the GELU's values, v) has only the consumers of the chain and is
+not a graph output; the bias is optional, the GELU and the residual only follow a bias. The node's inputs are
+``[X, W, b or "", R or ""]``, its attributes ``gelu``, ``residual`` and ``trans_w`` (W stored as [N, K], a Gemm's
+transB) (0/1); its output is the chain's last value, so what reads it (islands, layout views) is unchanged.
+A linear output whose one reader is the next linear step's X gets ``out64`` there and ``in64`` on the reader: it
+passes between them in fp64 (the same fp32 values, widened), which saves the reader's widen pass.
 """
 
 from __future__ import annotations
@@ -162,4 +163,15 @@ def plan_linear_steps(nodes: list[onnx.NodeProto], inits: dict, outputs: set[str
                                 gelu=int(gelu), residual=int(bool(residual)), trans_w=trans_w)
         replaced[id(n)] = node
         dropped.update(id(x) for x in chain)
-    return [replaced.get(id(n), n) for n in nodes if id(n) not in dropped]
+    planned = [replaced.get(id(n), n) for n in nodes if id(n) not in dropped]
+    # a linear output read only as the next linear step's X passes between them in fp64 (no widen pass)
+    made = {node.output[0]: node for node in replaced.values()}
+    for node in replaced.values():
+        x = node.input[0]
+        prev = made.get(x)
+        users = consumers.get(x, [])
+        if (prev is not None and x not in outputs and len(users) == 1 and replaced.get(id(users[0])) is node
+                and list(node.input).count(x) == 1):
+            prev.attribute.append(helper.make_attribute("out64", 1))
+            node.attribute.append(helper.make_attribute("in64", 1))
+    return planned

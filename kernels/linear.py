@@ -8,7 +8,7 @@ than SGEMM's (relative error 2.5e-8 against SGEMM's 5e-7), not a lower precision
 fp32 contract. GPUs whose fp64 rate is a fraction of fp32 (GeForce, L40, B200) must not take this path:
 :func:`fp64_tensor_cores` gates it by architecture.
 
-One linear step is three launches on the caller's stream:
+One linear step is three launches on the caller's stream (two when it reads the fp64 output of the step before):
 
     X (fp32 [M, K]) ─► widen ─► X64 ─┐
                                      ├─► cuBLAS DGEMM ─► C64 [M, N] ─► epilogue ─► Y (fp32 [M, N])
@@ -70,12 +70,21 @@ FUSER_INLINE float fuser_linear_act(float v, int gelu) {
     return gelu ? (v * (1.0f + erff(v / 1.41421353816986083984f))) * 0.5f : v;
 }
 
-// Y[m, :] = act(float(C[m, :]) + b) + R[m, :]   (bias, R optional: null pointers)
+// Y[m, :] = act(float(C[m, :]) + b) + R[m, :]   (bias, R optional: null pointers); Y fp32, or fp64 for a next
+// linear step that reads it as its X (the fp32 value, widened exactly: the same numbers, one pass less).
 // Grid: x over a row's columns (pairs of them when vec: N even and Y, R 8-byte aligned; C and b are ours), y over
 // rows (striding past 65535): no index division, the bias read once per thread.
-FUSER_GLOBAL void fuser_linear_epilogue(const double* __restrict__ c, const float* __restrict__ bias,
-                                        const float* __restrict__ r, float* __restrict__ y,
-                                        fuser_i64 m, int n, int gelu, int vec) {
+FUSER_INLINE void fuser_linear_put2(float* y, fuser_i64 at, float a0, float a1) {
+    reinterpret_cast<float2*>(y)[at] = make_float2(a0, a1);
+}
+FUSER_INLINE void fuser_linear_put2(double* y, fuser_i64 at, float a0, float a1) {
+    reinterpret_cast<double2*>(y)[at] = make_double2((double)a0, (double)a1);
+}
+
+template <typename TOut>
+FUSER_INLINE void fuser_linear_epilogue_t(const double* __restrict__ c, const float* __restrict__ bias,
+                                          const float* __restrict__ r, TOut* __restrict__ y,
+                                          fuser_i64 m, int n, int gelu, int vec) {
     const int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (vec) {
         if (2 * j >= n) return;
@@ -85,7 +94,7 @@ FUSER_GLOBAL void fuser_linear_epilogue(const double* __restrict__ c, const floa
             const double2 cv = reinterpret_cast<const double2*>(c)[at];
             float a0 = fuser_linear_act((float)cv.x + b0, gelu), a1 = fuser_linear_act((float)cv.y + b1, gelu);
             if (r) { const float2 rv = reinterpret_cast<const float2*>(r)[at]; a0 += rv.x; a1 += rv.y; }
-            reinterpret_cast<float2*>(y)[at] = make_float2(a0, a1);
+            fuser_linear_put2(y, at, a0, a1);
         }
         return;
     }
@@ -95,12 +104,23 @@ FUSER_GLOBAL void fuser_linear_epilogue(const double* __restrict__ c, const floa
         const fuser_i64 at = row * n + j;
         float a = fuser_linear_act((float)c[at] + b, gelu);
         if (r) a += r[at];
-        y[at] = a;
+        y[at] = (TOut)a;
     }
+}
+
+FUSER_GLOBAL void fuser_linear_epilogue(const double* __restrict__ c, const float* __restrict__ bias,
+                                        const float* __restrict__ r, float* __restrict__ y,
+                                        fuser_i64 m, int n, int gelu, int vec) {
+    fuser_linear_epilogue_t<float>(c, bias, r, y, m, n, gelu, vec);
+}
+FUSER_GLOBAL void fuser_linear_epilogue_f64(const double* __restrict__ c, const float* __restrict__ bias,
+                                            const float* __restrict__ r, double* __restrict__ y,
+                                            fuser_i64 m, int n, int gelu, int vec) {
+    fuser_linear_epilogue_t<double>(c, bias, r, y, m, n, gelu, vec);
 }
 """
 
-VARIANTS: list[str] = ["fuser_linear_widen", "fuser_linear_epilogue"]
+VARIANTS: list[str] = ["fuser_linear_widen", "fuser_linear_epilogue", "fuser_linear_epilogue_f64"]
 
 
 def reference(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None, residual: np.ndarray | None = None,
@@ -223,12 +243,14 @@ def _shared(backend: DeviceBackend) -> tuple[Cublas, _Scratch]:
 class Runner:
     """One linear layer on device buffers, built once per node and input shape.
 
-    ``Runner(backend, x_shape, w, bias=None, residual=False, gelu=False)``: ``w`` [K, N] (uploaded once as fp64),
-    ``bias`` [N] or None; ``runner((x_ptr[, r_ptr]), y_ptr, stream)`` launches widen, DGEMM and epilogue.
-    ``output_shape`` is ``x_shape[:-1] + (N,)``. fp32 pointers at any 4-byte alignment."""
+    ``Runner(backend, x_shape, w, bias=None, residual=False, gelu=False, x_f64=False, y_f64=False)``: ``w`` [K, N]
+    (uploaded once as fp64), ``bias`` [N] or None; ``runner((x_ptr[, r_ptr]), y_ptr, stream)`` launches widen,
+    DGEMM and epilogue. ``x_f64``: X is already fp64 (a previous step's ``y_f64`` output; no widen); ``y_f64``: Y
+    is written as fp64 (the fp32 results, widened). ``output_shape`` is ``x_shape[:-1] + (N,)``, ``output_dtype``
+    float32 or float64. fp32 pointers at any 4-byte alignment, fp64 ones 8-byte aligned."""
 
     def __init__(self, backend: DeviceBackend, x_shape: Sequence[int], w: np.ndarray, bias: np.ndarray | None = None,
-                 residual: bool = False, gelu: bool = False) -> None:
+                 residual: bool = False, gelu: bool = False, x_f64: bool = False, y_f64: bool = False) -> None:
         if not backend.is_device or backend.name != "cuda":
             raise TypeError("linear.Runner needs the cuda backend (the DGEMM is cuBLAS's)")
         w = np.asarray(w)
@@ -247,8 +269,11 @@ class Runner:
                 raise ValueError(f"linear: bias has {b.size} elements, W has N={self.n} columns")
             self._b = backend.upload(b)
         self.residual, self.gelu = bool(residual), bool(gelu)
+        self.x_f64, self.y_f64 = bool(x_f64), bool(y_f64)
+        self.output_dtype = np.dtype(np.float64 if y_f64 else np.float32)
         self.widen = backend.function(NAME, SOURCE, "fuser_linear_widen")
-        self.epilogue = backend.function(NAME, SOURCE, "fuser_linear_epilogue")
+        entry = "fuser_linear_epilogue_f64" if y_f64 else "fuser_linear_epilogue"
+        self.epilogue = backend.function(NAME, SOURCE, entry)
         self._wargs = KernelArgs("ppli")
         self._eargs = KernelArgs("ppppliii")
 
@@ -257,18 +282,22 @@ class Runner:
             return
         x, y = as_ptr(inputs[0]), as_ptr(output)
         r = as_ptr(inputs[1]) if self.residual else 0
-        if any(p & 3 for p in (x, y, r)):
-            raise ValueError("linear: fp32 pointers must be 4-byte aligned")
+        if any(p & 3 for p in (x, y, r)) or (self.x_f64 and x & 7) or (self.y_f64 and y & 7):
+            raise ValueError("linear: pointers must be aligned to their element size")
         mk, mn = self.m * self.k, self.m * self.n
-        x64 = self.scratch.get("x", 8 * mk)
         c64 = self.scratch.get("c", 8 * mn)
         b = self.backend
-        vec = 1 if x & 15 == 0 else 0
-        self._wargs.set(x, x64, mk, vec)
-        b.launch(self.widen, (ceil_div(max(mk // 4, 3) if vec else mk, BLOCK), 1, 1), (BLOCK, 1, 1), self._wargs, 0,
-                 stream)
+        if self.x_f64:
+            x64 = x
+        else:
+            x64 = self.scratch.get("x", 8 * mk)
+            vec = 1 if x & 15 == 0 else 0
+            self._wargs.set(x, x64, mk, vec)
+            b.launch(self.widen, (ceil_div(max(mk // 4, 3) if vec else mk, BLOCK), 1, 1), (BLOCK, 1, 1), self._wargs,
+                     0, stream)
         self.cublas.gemm_rowmajor(self.m, self.n, self.k, x64, int(self._w.ptr), c64, stream)
-        vec = 1 if self.n % 2 == 0 and y & 7 == 0 and r & 7 == 0 else 0
+        # pairs: N even, Y and R 8-byte aligned (an fp64 Y is 16-byte aligned: ours, from the runtime)
+        vec = 1 if self.n % 2 == 0 and y & (15 if self.y_f64 else 7) == 0 and r & 7 == 0 else 0
         self._eargs.set(c64, int(self._b.ptr) if self._b is not None else 0, r, y, self.m, self.n, int(self.gelu), vec)
         cols = self.n // 2 if vec else self.n
         b.launch(self.epilogue, (ceil_div(cols, EPILOGUE_BLOCK), min(self.m, 65535), 1), (EPILOGUE_BLOCK, 1, 1),

@@ -42,6 +42,19 @@ def test_mlp_chain_becomes_three_linear_nodes() -> None:
                               (["h4", "W3", "", ""], "Y", "FusedLinear")]
 
 
+def flag(n: onnx.NodeProto, name: str) -> int:
+    return next((a.i for a in n.attribute if a.name == name), 0)
+
+
+def test_linear_to_linear_values_pass_in_fp64() -> None:
+    # fc1 → fc2 → head: each output's one reader is the next step's X; Y (a graph output) stays fp32
+    nodes = plan(mlp_model())
+    assert [(flag(n, "in64"), flag(n, "out64")) for n in nodes] == [(0, 1), (1, 1), (1, 0)]
+    # h4 read twice (also a graph output): fc2 writes fp32 and head widens it
+    nodes = plan(with_node_edit(mlp_model(), _extra_output("h4")))
+    assert [(flag(n, "in64"), flag(n, "out64")) for n in nodes] == [(0, 1), (1, 0), (0, 0)]
+
+
 @pytest.mark.parametrize("make,x_shape", [(mlp_model, (2, 37, 64)), (gemm_model, (80, 64))], ids=["mlp", "gemm"])
 def test_planned_steps_compute_what_the_graph_does(make, x_shape) -> None:
     m = make()
@@ -54,7 +67,7 @@ def test_planned_steps_compute_what_the_graph_does(make, x_shape) -> None:
     for n in nodes:
         ft = linear_op_type(n)
         xi, w, b, r = (vals.get(i, consts.get(i)) if i else None for i in n.input)
-        w = w.T if next(a.i for a in n.attribute if a.name == "trans_w") else w
+        w = w.T if flag(n, "trans_w") else w
         vals[n.output[0]] = linear.reference(xi, w, b, r, ft.activation == "Gelu")
     assert np.abs(vals["Y"] - want).max() <= 1e-5 * np.abs(want).max()
 
@@ -62,7 +75,7 @@ def test_planned_steps_compute_what_the_graph_does(make, x_shape) -> None:
 def test_gemm_takes_its_bias_and_transposed_weight() -> None:
     nodes = plan(gemm_model())
     assert linears(nodes) == [(["X", "W1", "C1", ""], "h", "FusedLinear"), (["h", "W2", "", ""], "Y", "FusedLinear")]
-    assert [next(a.i for a in n.attribute if a.name == "trans_w") for n in nodes] == [1, 0]
+    assert [flag(n, "trans_w") for n in nodes] == [1, 0]
 
 
 @pytest.mark.parametrize("kw", [{"alpha": 2.0}, {"trans_a": 1}, {"c_shape": (80, 96)}],

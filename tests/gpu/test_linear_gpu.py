@@ -89,6 +89,27 @@ def test_linear_matches_reference(be, lead, k, n, bias, gelu, residual, offs) ->
         assert np.max(np.abs(y - truth) / (np.abs(truth) + 1e-30)) <= 2.0 ** -24 * 1.0001
 
 
+@pytest.mark.parametrize("lead,k,n", [((3,), 5, 7), ((2, 7), 33, 10), ((5, 13), 64, 96)])
+def test_fp64_handoff_is_the_fp32_path_exactly(be, lead, k, n) -> None:
+    """y_f64 writes the fp32 results widened; x_f64 reading them gives bit for bit what widening fp32 Y does."""
+    seed = zlib.crc32(repr(("handoff", lead, k, n)).encode())
+    x, w1, b1, w2 = rnd((*lead, k), seed), rnd((k, n), seed + 1, k ** -0.5), rnd((n,), seed + 2), rnd((n, 3), seed + 3)
+    stream = torch.cuda.current_stream().cuda_stream
+    xb = torch.from_numpy(x).cuda()
+    y32 = torch.full((*lead, n), float("nan"), dtype=torch.float32, device="cuda")
+    y64 = torch.full((*lead, n), float("nan"), dtype=torch.float64, device="cuda")
+    linear.Runner(be, x.shape, w1, b1, gelu=True)([xb.data_ptr()], y32.data_ptr(), stream)
+    r64 = linear.Runner(be, x.shape, w1, b1, gelu=True, y_f64=True)
+    assert r64.output_dtype == np.float64
+    r64([xb.data_ptr()], y64.data_ptr(), stream)
+    z32 = torch.full((*lead, 3), float("nan"), dtype=torch.float32, device="cuda")
+    z64 = torch.full((*lead, 3), float("nan"), dtype=torch.float32, device="cuda")
+    linear.Runner(be, y32.shape, w2)([y32.data_ptr()], z32.data_ptr(), stream)
+    linear.Runner(be, y64.shape, w2, x_f64=True)([y64.data_ptr()], z64.data_ptr(), stream)
+    torch.cuda.synchronize()
+    assert torch.equal(y64, y32.double()) and torch.isfinite(z32).all() and torch.equal(z32, z64)
+
+
 # model, input shape, (activation, residual) of each planned linear step
 SESSION_CASES = {"mlp": ("mlp_model", (2, 37, 64), [("Gelu", False), ("", True), ("", False)]),
                  "gemm": ("gemm_model", (80, 64), [("", False), ("", False)])}
