@@ -167,7 +167,9 @@ def fuse_cmd(model, output, target, skip, list_passes, no_verify, rtol, atol, in
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--allow-tf32", is_flag=True, help="Let the onnxruntime islands use TF32 (default: fp32).")
 @click.option("--no-cuda-graph", is_flag=True, help="Run step by step instead of replaying one CUDA graph.")
-def run_cmd(model, inputs, shapes, device, output, seed, allow_tf32, no_cuda_graph) -> None:
+@click.option("--no-fp64-linear", is_flag=True, help="Leave fp32 MatMul/Gemm layers to onnxruntime (cuBLAS SGEMM) "
+              "instead of our linear steps on the FP64 tensor cores.")
+def run_cmd(model, inputs, shapes, device, output, seed, allow_tf32, no_cuda_graph, no_fp64_linear) -> None:
     """Run a (fused) MODEL in the onnx-fuse runtime and summarise its outputs."""
     try:
         from fuser.io import load_model
@@ -175,7 +177,7 @@ def run_cmd(model, inputs, shapes, device, output, seed, allow_tf32, no_cuda_gra
 
         proto = load_model(model)
         user, given = dict(_parse_input(s) for s in inputs), dict(_parse_shape(s) for s in shapes)
-        sess = _session(proto, device, allow_tf32, not no_cuda_graph)
+        sess = _session(proto, device, allow_tf32, not no_cuda_graph, False if no_fp64_linear else None)
         if has_generated_symbolic(proto, user, given):  # sizes it refuses grow, as verification's do
             _, outs = feeds_the_model_takes(proto, lambda f: sess.run(None, f), seed, user, given, str(model))
         else:
@@ -193,12 +195,12 @@ def run_cmd(model, inputs, shapes, device, output, seed, allow_tf32, no_cuda_gra
         np.savez(output, **dict(zip(sess.output_names, outs, strict=True)))
 
 
-def _session(proto, device: str, allow_tf32: bool = False, cuda_graph: bool = True):
+def _session(proto, device: str, allow_tf32: bool = False, cuda_graph: bool = True, fp64_linear: bool | None = None):
     from fuser.kernels.backend import BackendUnavailable
     from fuser.runtime import Session
 
     try:
-        return Session(proto, device=device, allow_tf32=allow_tf32, cuda_graph=cuda_graph)
+        return Session(proto, device=device, allow_tf32=allow_tf32, cuda_graph=cuda_graph, fp64_linear=fp64_linear)
     except BackendUnavailable as e:
         raise InputError(str(e)) from None
 
@@ -214,8 +216,11 @@ def _session(proto, device: str, allow_tf32: bool = False, cuda_graph: bool = Tr
 @click.option("--allow-tf32", is_flag=True, help="Let the CUDA EP use TF32, for the baseline and for the fused "
               "model's islands (default: fp32 for both).")
 @click.option("--no-cuda-graph", is_flag=True, help="Time the fused model step by step (no CUDA graph replay).")
+@click.option("--no-fp64-linear", is_flag=True, help="Leave the fused model's fp32 MatMul/Gemm layers to onnxruntime "
+              "(cuBLAS SGEMM) instead of our linear steps on the FP64 tensor cores.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the result as JSON.")
-def bench_cmd(original, fused, device, warmup, iters, inputs, shapes, allow_tf32, no_cuda_graph, json_path) -> None:
+def bench_cmd(original, fused, device, warmup, iters, inputs, shapes, allow_tf32, no_cuda_graph, no_fp64_linear,
+              json_path) -> None:
     """Baseline (ORIGINAL in onnxruntime) vs current (FUSED in our runtime) on the same device."""
     import json
 
@@ -232,7 +237,8 @@ def bench_cmd(original, fused, device, warmup, iters, inputs, shapes, allow_tf32
         else:
             feeds = make_inputs(orig, 0, user, given)
         try:
-            res = bench(orig, fz, device, warmup, iters, feeds, allow_tf32, cuda_graph=not no_cuda_graph)
+            res = bench(orig, fz, device, warmup, iters, feeds, allow_tf32, cuda_graph=not no_cuda_graph,
+                        fp64_linear=False if no_fp64_linear else None)
         except BackendUnavailable as e:
             raise InputError(str(e)) from None
     except Exception as e:  # noqa: BLE001

@@ -12,6 +12,10 @@ are constants (a FusedConvAdd's residual is a runtime input); a fused conv runs 
 ``tactic`` attribute names (:mod:`fuser.tune`), except tactic ``library`` and 3-D convolutions, which
 stay inside an island, where onnxruntime inlines the function body and runs it with cuDNN/MIOpen.
 
+fp32 sessions on GPUs with fast fp64 tensor cores also run the plan's linear steps (:mod:`fuser.linear_steps`):
+MatMul/Gemm chains with constant weights, on :mod:`fuser.kernels.linear` (widen, cuBLAS DGEMM, epilogue); an
+fp64 value handed from one linear step to the next is an OrtValue of type double like any other.
+
 CUDA graphs (NVIDIA, on by default): per step the plan costs host time — an onnxruntime island run through
 IOBinding ~11 µs, a kernel launch from Python ~4 µs — which at batch 1 is more than the GPU work. So the
 first run for a given set of input shapes/types runs eagerly (compiling kernels, building the island

@@ -1,7 +1,8 @@
 """``fuser.runtime.Session``: runs a fused model, our kernels for ``fuser`` nodes, onnxruntime for the rest.
 
 onnxruntime cannot take Python GPU kernels as custom ops, so the session splits the graph (DESIGN §6):
-every ``fuser`` node is a *kernel step*; maximal islands of standard nodes become onnxruntime
+every ``fuser`` node is a *kernel step* (and, in fp32 GPU sessions, every linear layer the plan takes from the
+standard nodes: :mod:`fuser.linear_steps`); maximal islands of standard nodes become onnxruntime
 sub-sessions (*island steps*). The schedule is a topological order that stays in the current kind of
 step as long as it can, so islands are as large as the dependencies allow.
 

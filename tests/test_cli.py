@@ -146,3 +146,17 @@ def test_opset_too_old(tmp_path: Path) -> None:
     bad = tmp_path / "old.onnx"
     bad.write_bytes(m.SerializeToString())
     assert_clean_error(cli(bad, "-o", tmp_path / "o.onnx"), 2, "opset 6")
+
+
+def test_run_and_bench_take_no_fp64_linear(tmp_path: Path) -> None:
+    # the flag reaches Session(fp64_linear=False); on the CPU no linear steps are planned either way
+    model = EXAMPLES / "resnet_block.onnx"
+    outs = []
+    for extra in ([], ["--no-fp64-linear"]):
+        npz = tmp_path / f"out{len(extra)}.npz"
+        p = cli("run", model, "--device", "cpu", "-o", npz, *extra)
+        assert p.returncode == 0, p.stderr
+        outs.append(dict(np.load(npz)))
+    assert outs[0].keys() == outs[1].keys() and all(np.array_equal(outs[0][k], outs[1][k]) for k in outs[0])
+    p = cli("bench", model, model, "--device", "cpu", "--iters", "2", "--warmup", "1", "--no-fp64-linear")
+    assert p.returncode == 0, p.stderr
