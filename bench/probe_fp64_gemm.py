@@ -6,6 +6,7 @@ the result is *more* accurate than SGEMM. Times (CUDA graph, median): cuBLAS SGE
 DGEMM on fp64 copies, DGEMM with the casts of X and Y counted; error against float64.
 Usage: python3 bench/probe_fp64_gemm.py"""
 import torch
+from probe_3xtf32 import WEIGHT_GEMMS
 from timing import time_graph
 
 
@@ -36,12 +37,10 @@ def probe(name: str, m: int, k: int, n: int) -> str:
 def main() -> None:
     torch.manual_seed(0)
     print(torch.cuda.get_device_name(), torch.__version__)
-    shapes = {"vit qkv": (1576, 768, 2304), "vit out": (1576, 768, 768), "vit fc1": (1576, 768, 3072),
-              "vit fc2": (1576, 3072, 768), "bert512 fc1": (4096, 768, 3072), "bert128 qkv": (1024, 768, 2304)}
     print("| GEMM (M, K, N) | SGEMM us (TFLOP/s) | SGEMM cublasLt us | DGEMM us (TFLOP/s) | DGEMM + casts us "
           "| SGEMM / DGEMM+casts | SGEMM rel | DGEMM rel |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name, (m, k, n) in shapes.items():
+    for name, (m, k, n) in WEIGHT_GEMMS.items():
         print(probe(name, m, k, n))
 
 

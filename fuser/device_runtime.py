@@ -132,14 +132,15 @@ def _attention_runner(backend, shape, dtype, attrs: dict, consts: list[np.ndarra
                             strides=strides)
 
 
-def _linear_runner(backend, shape, dtype, attrs: dict, consts: list[np.ndarray | None]) -> Callable:
-    """FusedLinear (a plan-only node, :mod:`fuser.linear_steps`): inputs X, W, b or "", R or ""."""
+def _linear_runner(backend, shape, dtype, attrs: dict, consts: list[np.ndarray | None], state=None) -> Callable:
+    """FusedLinear (a plan-only node, :mod:`fuser.linear_steps`): inputs X, W, b or "", R or ""; ``state``: the
+    session's cuBLAS handle and scratch (:class:`fuser.kernels.linear.LinearState`)."""
     from .kernels import linear
 
     w = consts[1].T if attrs.get("trans_w", 0) else consts[1]  # a Gemm's transB: W stored [N, K]
     return linear.Runner(backend, shape, w, consts[2] if len(consts) > 2 else None,
                          residual=bool(attrs.get("residual", 0)), gelu=bool(attrs.get("gelu", 0)),
-                         x_f64=bool(attrs.get("in64", 0)), y_f64=bool(attrs.get("out64", 0)))
+                         x_f64=bool(attrs.get("in64", 0)), y_f64=bool(attrs.get("out64", 0)), state=state)
 
 
 # inputs that decide an op's output shape by their values (index, or None: every input from that index on)
@@ -275,6 +276,15 @@ class DeviceExecutor:
         self._runners: dict[tuple, Callable] = {}
         self._buffers: dict[tuple, Any] = {}
         self._consts: dict[str, np.ndarray] = {}
+        self._linear = None  # LinearState, made by the first linear step
+
+    def _linear_state(self) -> Any:
+        """This session's cuBLAS handle and scratch for its linear steps (its own: sessions have their own streams)."""
+        if self._linear is None:
+            from .kernels.linear import LinearState
+
+            self._linear = LinearState(self.backend)
+        return self._linear
 
     def provider_options(self) -> dict[str, str]:
         return {"device_id": "0", "user_compute_stream": str(self.stream), "use_tf32": "1" if self.allow_tf32 else "0"}
@@ -447,6 +457,8 @@ class DeviceExecutor:
             extra["shapes"] = _Shapes(shapes, [_ORT_TYPES.get(v.data_type()) if v is not None else None for v in ins])
             extra["ftype"] = step.ftype
             key += tuple(extra["shapes"]) + tuple(sorted(extra.get("strides", {}).items()))
+        if step.ftype.base == "Linear":
+            extra["state"] = self._linear_state()
         runner = self._runners.get(key)
         inits = self.session.initializers
         if runner is None:

@@ -18,7 +18,7 @@ The widen and epilogue kernels are ours (HIP-dialect source, this file); the GEM
 through ctypes (:class:`Cublas`), because a DMMA GEMM at cuBLAS's 82% of peak is its own project. The
 epilogue adds the bias, applies the exact (erf) GELU in fp32 as the exported graph does, and adds the
 residual, so those onnxruntime element-wise kernels do not run. X64 and C64 live in scratch buffers shared
-by every linear step of a backend (the steps run one after another on one stream).
+by the linear steps of one stream (:class:`LinearState`: they run one after another there).
 
 AMD: the widen/epilogue source compiles through hiprtc (compile-checked here), but the GEMM binding is
 CUDA-only (hipBLAS is not bound), so the runtime never plans linear steps on the hip backend.
@@ -35,7 +35,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .backend import DeviceBackend, KernelArgs, as_ptr, ceil_div
+from .backend import DeviceBackend, DeviceBuffer, KernelArgs, as_ptr, ceil_div
 
 NAME = "linear"
 
@@ -179,7 +179,7 @@ def _find_cublas() -> ctypes.CDLL:
 
 
 class Cublas:
-    """One cuBLAS handle for a backend, with its own workspace (so a CUDA-graph capture never allocates)."""
+    """One cuBLAS handle with its own workspace (so a CUDA-graph capture never allocates)."""
 
     WORKSPACE = 32 << 20
 
@@ -188,15 +188,23 @@ class Cublas:
         self.lib = lib
         self.handle = ctypes.c_void_p()
         self._check(lib.cublasCreate_v2(ctypes.byref(self.handle)), "cublasCreate")
-        self._ws = backend.malloc(self.WORKSPACE)
-        self._check(lib.cublasSetWorkspace_v2(self.handle, ctypes.c_void_p(self._ws), ctypes.c_size_t(self.WORKSPACE)),
-                    "cublasSetWorkspace")
+        self._ws = DeviceBuffer(backend, self.WORKSPACE)
+        self._check(lib.cublasSetWorkspace_v2(self.handle, ctypes.c_void_p(self._ws.ptr),
+                                              ctypes.c_size_t(self.WORKSPACE)), "cublasSetWorkspace")
         self._dgemm = lib.cublasDgemm_v2
         self._dgemm.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                                 ctypes.POINTER(ctypes.c_double), ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
                                 ctypes.c_int, ctypes.POINTER(ctypes.c_double), ctypes.c_void_p, ctypes.c_int]
         self._one, self._zero = ctypes.c_double(1.0), ctypes.c_double(0.0)
         self._stream = None
+
+    def __del__(self) -> None:
+        handle, self.handle = getattr(self, "handle", None), None
+        if handle:
+            try:
+                self.lib.cublasDestroy_v2(handle)
+            except Exception:  # noqa: BLE001 - interpreter shutdown: the library may be gone
+                pass
 
     @staticmethod
     def _check(status: int, what: str) -> None:
@@ -213,30 +221,32 @@ class Cublas:
                     "cublasDgemm")
 
 
-class _Scratch:
-    """Grow-only device buffers shared by a backend's linear steps. A buffer outgrown is kept (not freed): a
-    captured CUDA graph may still name it."""
+class LinearState:
+    """What the linear steps of one stream share: a cuBLAS handle and grow-only scratch buffers for X64 and C64.
+    Steps on one stream run one after another, so one pair of buffers serves them all; each runtime session (its
+    own stream) has its own state, so two sessions never share scratch. A buffer outgrown is kept, not freed, while
+    the state lives: a captured CUDA graph may still name it."""
 
     def __init__(self, backend: DeviceBackend) -> None:
         self.backend = backend
-        self.slots: dict[str, tuple[int, int]] = {}
-        self.kept: list[int] = []
+        self.cublas = Cublas(backend)
+        self.slots: dict[str, DeviceBuffer] = {}
+        self.kept: list[DeviceBuffer] = []
 
-    def get(self, slot: str, nbytes: int) -> int:
-        ptr, size = self.slots.get(slot, (0, 0))
-        if size < nbytes:
-            if ptr:
-                self.kept.append(ptr)
-            ptr = self.backend.malloc(nbytes)
-            self.slots[slot] = (ptr, nbytes)
-        return ptr
+    def scratch(self, slot: str, nbytes: int) -> int:
+        buf = self.slots.get(slot)
+        if buf is None or buf.nbytes < nbytes:
+            if buf is not None:
+                self.kept.append(buf)
+            buf = self.slots[slot] = DeviceBuffer(self.backend, nbytes)
+        return buf.ptr
 
 
-def _shared(backend: DeviceBackend) -> tuple[Cublas, _Scratch]:
+def _default_state(backend: DeviceBackend) -> LinearState:
+    """The state of runners built without one (tests, benchmarks): one per backend."""
     state = getattr(backend, "_linear_state", None)
     if state is None:
-        state = (Cublas(backend), _Scratch(backend))
-        backend._linear_state = state  # one handle and one scratch pool per backend (per device context)
+        state = backend._linear_state = LinearState(backend)
     return state
 
 
@@ -247,10 +257,12 @@ class Runner:
     (uploaded once as fp64), ``bias`` [N] or None; ``runner((x_ptr[, r_ptr]), y_ptr, stream)`` launches widen,
     DGEMM and epilogue. ``x_f64``: X is already fp64 (a previous step's ``y_f64`` output; no widen); ``y_f64``: Y
     is written as fp64 (the fp32 results, widened). ``output_shape`` is ``x_shape[:-1] + (N,)``, ``output_dtype``
-    float32 or float64. fp32 pointers at any 4-byte alignment, fp64 ones 8-byte aligned."""
+    float32 or float64. ``state``: the stream's :class:`LinearState` (default: one per backend). fp32 pointers at
+    any 4-byte alignment, fp64 ones 8-byte aligned."""
 
     def __init__(self, backend: DeviceBackend, x_shape: Sequence[int], w: np.ndarray, bias: np.ndarray | None = None,
-                 residual: bool = False, gelu: bool = False, x_f64: bool = False, y_f64: bool = False) -> None:
+                 residual: bool = False, gelu: bool = False, x_f64: bool = False, y_f64: bool = False,
+                 state: LinearState | None = None) -> None:
         if not backend.is_device or backend.name != "cuda":
             raise TypeError("linear.Runner needs the cuda backend (the DGEMM is cuBLAS's)")
         w = np.asarray(w)
@@ -260,7 +272,7 @@ class Runner:
         self.k, self.n = int(w.shape[0]), int(w.shape[1])
         self.m = int(np.prod([int(d) for d in x_shape[:-1]], dtype=np.int64))
         self.output_shape = tuple(int(d) for d in x_shape[:-1]) + (self.n,)
-        self.cublas, self.scratch = _shared(backend)
+        self.state = state or _default_state(backend)
         self._w = backend.upload(np.ascontiguousarray(w, dtype=np.float64))
         self._b = None
         if bias is not None:
@@ -285,17 +297,17 @@ class Runner:
         if any(p & 3 for p in (x, y, r)) or (self.x_f64 and x & 7) or (self.y_f64 and y & 7):
             raise ValueError("linear: pointers must be aligned to their element size")
         mk, mn = self.m * self.k, self.m * self.n
-        c64 = self.scratch.get("c", 8 * mn)
+        c64 = self.state.scratch("c", 8 * mn)
         b = self.backend
         if self.x_f64:
             x64 = x
         else:
-            x64 = self.scratch.get("x", 8 * mk)
+            x64 = self.state.scratch("x", 8 * mk)
             vec = 1 if x & 15 == 0 else 0
             self._wargs.set(x, x64, mk, vec)
             b.launch(self.widen, (ceil_div(max(mk // 4, 3) if vec else mk, BLOCK), 1, 1), (BLOCK, 1, 1), self._wargs,
                      0, stream)
-        self.cublas.gemm_rowmajor(self.m, self.n, self.k, x64, int(self._w.ptr), c64, stream)
+        self.state.cublas.gemm_rowmajor(self.m, self.n, self.k, x64, int(self._w.ptr), c64, stream)
         # pairs: N even, Y and R 8-byte aligned (an fp64 Y is 16-byte aligned: ours, from the runtime)
         vec = 1 if self.n % 2 == 0 and y & (15 if self.y_f64 else 7) == 0 and r & 7 == 0 else 0
         self._eargs.set(c64, int(self._b.ptr) if self._b is not None else 0, r, y, self.m, self.n, int(self.gelu), vec)

@@ -133,6 +133,10 @@ def test_session_runs_linear_steps(be, case: str) -> None:
         got = s.run(None, {"X": x})[0]
         assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
     assert s.graph_status == "on"
+    # a second session has its own stream, so its own cuBLAS handle and scratch: interleaved runs cannot collide
+    s2 = Session(m, device="cuda", fp64_linear=True)
+    assert np.abs(s2.run(None, {"X": x})[0] - want).max() <= 1e-5 * np.abs(want).max()
+    assert s2._device._linear is not None and s2._device._linear is not s._device._linear
     off = Session(m, device="cuda", fp64_linear=False)
     assert off.kernel_steps == 0
     assert np.abs(off.run(None, {"X": x})[0] - want).max() <= 1e-4 * np.abs(want).max()
