@@ -137,8 +137,10 @@ def _linear_runner(backend, shape, dtype, attrs: dict, consts: list[np.ndarray |
     session's cuBLAS handle and scratch (:class:`fuser.kernels.linear.LinearState`)."""
     from .kernels import linear
 
-    w = consts[1].T if attrs.get("trans_w", 0) else consts[1]  # a Gemm's transB: W stored [N, K]
-    return linear.Runner(backend, shape, w, consts[2] if len(consts) > 2 else None,
+    trans = bool(attrs.get("trans_w", 0))
+    w = consts[1].T if trans else consts[1]  # a Gemm's transB: W stored [N, K]
+    # consts[1] is the executor's cached array of that initializer: its id names the weights while the session lives
+    return linear.Runner(backend, shape, w, consts[2] if len(consts) > 2 else None, weight_key=(id(consts[1]), trans),
                          residual=bool(attrs.get("residual", 0)), gelu=bool(attrs.get("gelu", 0)),
                          x_f64=bool(attrs.get("in64", 0)), y_f64=bool(attrs.get("out64", 0)), state=state)
 

@@ -242,7 +242,7 @@ class Session:
             return False
         from .kernels.linear import fp64_tensor_cores
 
-        return bool(asked) or fp64_tensor_cores(self.backend.arch)
+        return bool(asked) or fp64_tensor_cores(self.backend.arch, getattr(self.backend, "device_name", ""))
 
     def _is_kernel(self, n: onnx.NodeProto) -> bool:
         """A step of its own: a fused node we run (on a device: only where a device kernel exists), or a linear

@@ -30,6 +30,7 @@ import ctypes
 import ctypes.util
 import glob
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -141,9 +142,13 @@ def reference(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None, resi
     return y.astype(np.float32)
 
 
-def fp64_tensor_cores(arch: str) -> bool:
+# Hopper parts sold with fp64 cut to ~1 TFLOP/s (H800, H20): same sm_90, told apart by name only
+SLOW_FP64_NAMES = re.compile(r"\b(H800|H20)\b")
+
+
+def fp64_tensor_cores(arch: str, device_name: str = "") -> bool:
     """Does this GPU run fp64 GEMMs on tensor cores at least as fast as fp32 ones on CUDA cores?"""
-    return arch in FP64_TC_ARCHS
+    return arch in FP64_TC_ARCHS and not SLOW_FP64_NAMES.search(device_name)
 
 
 # -- cuBLAS (CUDA only) ---------------------------------------------------------------------------------
@@ -232,6 +237,15 @@ class LinearState:
         self.cublas = Cublas(backend)
         self.slots: dict[str, DeviceBuffer] = {}
         self.kept: list[DeviceBuffer] = []
+        self.weights: dict[object, DeviceBuffer] = {}
+
+    def weight(self, key: object, w: np.ndarray) -> DeviceBuffer:
+        """W [K, N] in fp64 on the device, uploaded once per ``key``: the runners of one node at several input
+        shapes (a dynamic batch or sequence) share it instead of holding a copy each."""
+        buf = self.weights.get(key)
+        if buf is None:
+            buf = self.weights[key] = self.backend.upload(np.ascontiguousarray(w, dtype=np.float64))
+        return buf
 
     def scratch(self, slot: str, nbytes: int) -> int:
         buf = self.slots.get(slot)
@@ -257,12 +271,13 @@ class Runner:
     (uploaded once as fp64), ``bias`` [N] or None; ``runner((x_ptr[, r_ptr]), y_ptr, stream)`` launches widen,
     DGEMM and epilogue. ``x_f64``: X is already fp64 (a previous step's ``y_f64`` output; no widen); ``y_f64``: Y
     is written as fp64 (the fp32 results, widened). ``output_shape`` is ``x_shape[:-1] + (N,)``, ``output_dtype``
-    float32 or float64. ``state``: the stream's :class:`LinearState` (default: one per backend). fp32 pointers at
-    any 4-byte alignment, fp64 ones 8-byte aligned."""
+    float32 or float64. ``state``: the stream's :class:`LinearState` (default: one per backend); ``weight_key``:
+    share the fp64 weights with the state's other runners of that key. fp32 pointers at any 4-byte alignment, fp64
+    ones 8-byte aligned."""
 
     def __init__(self, backend: DeviceBackend, x_shape: Sequence[int], w: np.ndarray, bias: np.ndarray | None = None,
                  residual: bool = False, gelu: bool = False, x_f64: bool = False, y_f64: bool = False,
-                 state: LinearState | None = None) -> None:
+                 state: LinearState | None = None, weight_key: object = None) -> None:
         if not backend.is_device or backend.name != "cuda":
             raise TypeError("linear.Runner needs the cuda backend (the DGEMM is cuBLAS's)")
         w = np.asarray(w)
@@ -272,8 +287,13 @@ class Runner:
         self.k, self.n = int(w.shape[0]), int(w.shape[1])
         self.m = int(np.prod([int(d) for d in x_shape[:-1]], dtype=np.int64))
         self.output_shape = tuple(int(d) for d in x_shape[:-1]) + (self.n,)
+        if self.m >= 2**31 or self.n >= 2**31:
+            raise ValueError(f"linear: {self.m} x {self.n} is past cuBLAS's 32-bit dimensions")
         self.state = state or _default_state(backend)
-        self._w = backend.upload(np.ascontiguousarray(w, dtype=np.float64))
+        if weight_key is None or state is None:  # a key names weights only within a caller's own state
+            self._w = backend.upload(np.ascontiguousarray(w, dtype=np.float64))
+        else:
+            self._w = self.state.weight(weight_key, w)
         self._b = None
         if bias is not None:
             b = np.ascontiguousarray(np.asarray(bias, np.float32).reshape(-1))

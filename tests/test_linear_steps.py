@@ -178,3 +178,20 @@ def test_cpu_sessions_plan_no_linear_steps() -> None:
 def test_few_rows_stay_in_onnxruntime() -> None:
     assert [n.op_type for n in plan(gemm_model(rows=MIN_ROWS - 1))] == ["Gemm", "Gemm"]
     assert [n.op_type for n in plan(gemm_model(rows=MIN_ROWS))] == [LINEAR_OP, LINEAR_OP]
+
+
+GPUS = [("sm_90", "NVIDIA H200", True), ("sm_90", "NVIDIA H100 80GB HBM3", True),
+        ("sm_80", "NVIDIA A100-SXM4-80GB", True), ("sm_90", "NVIDIA H20", False), ("sm_90", "NVIDIA H800", False),
+        ("sm_89", "NVIDIA L40S", False), ("sm_86", "NVIDIA GeForce RTX 3090", False), ("sm_100", "NVIDIA B200", False)]
+
+
+@pytest.mark.parametrize("arch,name,fast", GPUS)
+def test_which_gpus_take_linear_steps(arch: str, name: str, fast: bool) -> None:
+    assert linear.fp64_tensor_cores(arch, name) is fast
+
+
+def test_symbolic_rows_are_planned() -> None:
+    # the MIN_ROWS guard needs known sizes; with a symbolic batch/sequence every layer is taken
+    nodes = plan(mlp_model(lead=("B", "S")))
+    assert [n.op_type for n in nodes] == [LINEAR_OP] * 3
+    assert linears(nodes)[1] == (["g4", "W2", "b2", "X"], "h4", "FusedLinearAdd")

@@ -140,3 +140,21 @@ def test_session_runs_linear_steps(be, case: str) -> None:
     off = Session(m, device="cuda", fp64_linear=False)
     assert off.kernel_steps == 0
     assert np.abs(off.run(None, {"X": x})[0] - want).max() <= 1e-4 * np.abs(want).max()
+
+
+def test_session_shares_weights_across_input_shapes(be) -> None:
+    """A dynamic batch/sequence builds one runner per shape; they share one fp64 copy of each weight."""
+    ort = pytest.importorskip("onnxruntime")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime has no CUDAExecutionProvider")
+    from fuser.runtime import Session
+
+    m = linear_models().mlp_model(lead=("B", "S"))
+    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    s = Session(m, device="cuda", fp64_linear=True)
+    assert s.kernel_steps == len(s.steps) == 3
+    for i, lead in enumerate([(2, 37), (3, 41), (2, 37)]):
+        x = rnd((*lead, 64), 20 + i)
+        want = ref.run(None, {"X": x})[0]
+        assert np.abs(s.run(None, {"X": x})[0] - want).max() <= 1e-5 * np.abs(want).max()
+    assert len(s._device._linear.weights) == 3  # W1, W2, W3 once each, for both shapes
