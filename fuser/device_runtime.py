@@ -437,7 +437,10 @@ class DeviceExecutor:
         x = values[step.node.input[0]]
         shape = tuple(x.shape())
         dtype = _ORT_TYPES.get(x.data_type())
-        if dtype not in _KERNEL_DTYPES and not (step.attrs.get("in64") and dtype == np.float64):
+        if step.ftype.base == "Linear":  # fp32 X, or the fp64 X a previous linear step handed over
+            if dtype != (np.float64 if step.attrs.get("in64") else np.float32):
+                raise TypeError(f"{step.node.name}: a linear step takes float32, got {x.data_type()}")
+        elif dtype not in _KERNEL_DTYPES:
             raise TypeError(f"{step.node.name}: kernels take float32/float16, got {x.data_type()}")
         key = (step.node.name, shape, np.dtype(dtype).str)
         extra = {}
@@ -472,6 +475,11 @@ class DeviceExecutor:
             out = self._buffers[key] = self.ort.OrtValue.ortvalue_from_shape_and_type(
                 list(out_shape or getattr(runner, "output_shape", shape)), getattr(runner, "output_dtype", dtype),
                 self.ort_device, 0)
+        if step.ftype.base == "Linear" and step.ftype.residual:  # planned on inferred shapes: R must be Y's
+            r = values[step.node.input[3]]
+            if tuple(r.shape()) != tuple(runner.output_shape) or _ORT_TYPES.get(r.data_type()) != np.float32:
+                raise RuntimeError(f"{step.node.name}: residual {r.shape()} {r.data_type()} is not the float32 "
+                                   f"{list(runner.output_shape)} the plan expected")
         # X, then the runtime inputs in order (a FusedConvAdd's residual); a view reads at its column offset
         ptrs = [x.data_ptr() + offsets.get(0, 0)] + [values[n].data_ptr() + offsets.get(i, 0)
                                                      for i, n in enumerate(step.node.input) if i >= 1 and n

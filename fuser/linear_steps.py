@@ -75,13 +75,19 @@ def plan_linear_steps(nodes: list[onnx.NodeProto], inits: dict, outputs: set[str
             return None
         return numpy_helper.to_array(t)
 
+    dropped: set[int] = set()  # chain nodes already taken into a linear node
+
     def only_use(name: str) -> onnx.NodeProto | None:
+        """The one reader of ``name``, a standard node no other chain has taken (else None)."""
         users = consumers.get(name, [])
-        return users[0] if len(users) == 1 and name not in outputs else None
+        if len(users) != 1 or name in outputs or id(users[0]) in dropped or users[0].domain not in ("", "ai.onnx"):
+            return None
+        return users[0]
 
     def scalar(name: str, value: float) -> bool:
-        v = const(name)
-        return v is not None and v.size == 1 and v.dtype.kind == "f" and float(v.reshape(-1)[0]) == value
+        v = const(name)  # at most 1-D: a [1, 1, 1] constant would raise the output's rank
+        return (v is not None and v.size == 1 and v.ndim <= 1 and v.dtype.kind == "f"
+                and float(v.reshape(-1)[0]) == value)
 
     def other(node: onnx.NodeProto, name: str) -> str | None:
         if len(node.input) != 2 or list(node.input).count(name) != 1:
@@ -90,7 +96,7 @@ def plan_linear_steps(nodes: list[onnx.NodeProto], inits: dict, outputs: set[str
 
     def gelu_after(u: str) -> tuple[list[onnx.NodeProto], str] | None:
         users = consumers.get(u, [])
-        if u in outputs or len(users) != 2:
+        if u in outputs or len(users) != 2 or any(id(x) in dropped or x.domain not in ("", "ai.onnx") for x in users):
             return None
         div = next((x for x in users if x.op_type == "Div" and x.input[0] == u), None)
         mul = next((x for x in users if x.op_type == "Mul"), None)
@@ -109,12 +115,13 @@ def plan_linear_steps(nodes: list[onnx.NodeProto], inits: dict, outputs: set[str
             return None
         return [div, erf, add, mul, half], half.output[0]
 
-    def is_bias(name: str, n_cols: int) -> bool:
+    def is_bias(name: str, n_cols: int, rank: int) -> bool:
+        """An fp32 initializer of N elements that broadcasts over the rows without raising the product's rank."""
         b = const(name) if name in inits else None
-        return b is not None and b.dtype == np.float32 and b.ndim >= 1 and b.size == n_cols and b.shape[-1] == n_cols
+        return (b is not None and b.dtype == np.float32 and 1 <= b.ndim <= max(rank, 1) and b.size == n_cols
+                and b.shape[-1] == n_cols)
 
     replaced: dict[int, onnx.NodeProto] = {}  # id(MatMul or Gemm) → its linear node
-    dropped: set[int] = set()
     for n in nodes:
         if n.domain not in ("", "ai.onnx") or len(n.input) < 2 or n.input[0] in inits:
             continue
@@ -130,7 +137,7 @@ def plan_linear_steps(nodes: list[onnx.NodeProto], inits: dict, outputs: set[str
             trans_w, bias = int(a.get("transB", 0)), (n.input[2] if len(n.input) > 2 else "")
             if a.get("transA", 0) or float(a.get("alpha", 1.0)) != 1.0:
                 continue
-            if bias and (float(a.get("beta", 1.0)) != 1.0 or not is_bias(bias, w.dims[0 if trans_w else 1])):
+            if bias and (float(a.get("beta", 1.0)) != 1.0 or not is_bias(bias, w.dims[0 if trans_w else 1], 2)):
                 continue
         else:
             continue
@@ -140,10 +147,12 @@ def plan_linear_steps(nodes: list[onnx.NodeProto], inits: dict, outputs: set[str
             continue  # too few rows: fp64 weights double a memory-bound GEMM's traffic
         chain: list[onnx.NodeProto] = []
         out, gelu, residual = n.output[0], False, ""
+        # the product's rank: X's where known (the bias may not raise it), else 1 (only a 1-D bias is safe)
+        rank = len(lead) if lead and n.op_type == "MatMul" else 2 if n.op_type == "Gemm" else 1
         if not bias:
             add = only_use(out)
             b_name = other(add, out) if add is not None and add.op_type == "Add" else None
-            if b_name and is_bias(b_name, n_cols):
+            if b_name and is_bias(b_name, n_cols, rank):
                 chain.append(add)
                 out, bias = add.output[0], b_name
         if bias:
@@ -154,12 +163,13 @@ def plan_linear_steps(nodes: list[onnx.NodeProto], inits: dict, outputs: set[str
             radd = only_use(out)
             r_name = other(radd, out) if radd is not None and radd.op_type == "Add" else None
             if r_name and r_name not in inits and r_name not in consts:
-                dy, dr = dims.get(radd.output[0]), dims.get(r_name)
-                if dy is not None and dy == dr and all(d is not None and d != "" for d in dy):
+                # Y, R and the linear's own value all of one known shape: the Add broadcasts nothing
+                dy, dr, dv = dims.get(radd.output[0]), dims.get(r_name), dims.get(out)
+                if dy is not None and dy == dr == dv and all(d is not None and d != "" for d in dy):
                     chain.append(radd)
                     out, residual = radd.output[0], r_name
         node = helper.make_node(LINEAR_OP, [n.input[0], n.input[1], bias, residual], [out],
-                                name=f"{n.name or n.output[0]}/linear", domain=DOMAIN,
+                                name=f"{out}/linear", domain=DOMAIN,  # output names are unique; node names need not be
                                 gelu=int(gelu), residual=int(bool(residual)), trans_w=trans_w)
         replaced[id(n)] = node
         dropped.update(id(x) for x in chain)

@@ -240,8 +240,12 @@ class Session:
             if asked:
                 raise ValueError("fp64_linear needs the cuda backend and no allow_tf32")
             return False
-        from .kernels.linear import fp64_tensor_cores
+        from .kernels.linear import cublas_available, fp64_tensor_cores
 
+        if not cublas_available():  # no DGEMM here: onnxruntime keeps the layers (an explicit ask is an error)
+            if asked:
+                raise RuntimeError("fp64_linear: libcublas could not be loaded")
+            return False
         return bool(asked) or fp64_tensor_cores(self.backend.arch, getattr(self.backend, "device_name", ""))
 
     def _is_kernel(self, n: onnx.NodeProto) -> bool:

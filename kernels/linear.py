@@ -155,9 +155,19 @@ def fp64_tensor_cores(arch: str, device_name: str = "") -> bool:
 _CUBLAS_NAMES = ("libcublas.so.13", "libcublas.so.12", "libcublas.so.11", "libcublas.so")
 
 
+def _ort_cuda_major() -> str | None:
+    """The CUDA major version onnxruntime-gpu was built for ("12", "13"), if it says."""
+    try:
+        from onnxruntime.capi import build_and_package_info as info
+
+        return str(getattr(info, "cuda_version", "") or "").split(".")[0] or None
+    except Exception:  # noqa: BLE001 - no onnxruntime, or a CPU build
+        return None
+
+
 def _find_cublas() -> ctypes.CDLL:
-    """The libcublas onnxruntime already loaded (same process, same copy), else one on the loader path, else one
-    from an ``nvidia-cublas`` wheel on sys.path."""
+    """The libcublas onnxruntime already loaded (same process, same copy), else one of the CUDA major onnxruntime
+    was built for, else one on the loader path, else one from an ``nvidia-cublas`` wheel on sys.path."""
     try:
         with open("/proc/self/maps") as f:
             loaded = sorted({ln.split()[-1] for ln in f if "/libcublas.so" in ln})
@@ -165,7 +175,9 @@ def _find_cublas() -> ctypes.CDLL:
             return ctypes.CDLL(path)
     except OSError:
         pass
-    for name in _CUBLAS_NAMES:
+    major = _ort_cuda_major()
+    names = ([f"libcublas.so.{major}"] if major else []) + list(_CUBLAS_NAMES)
+    for name in dict.fromkeys(names):
         try:
             return ctypes.CDLL(name)
         except OSError:
@@ -183,6 +195,15 @@ def _find_cublas() -> ctypes.CDLL:
                        "libraries); none was found")
 
 
+def cublas_available() -> bool:
+    """Can this process load cuBLAS (so the runtime may plan linear steps)?"""
+    try:
+        _find_cublas()
+    except RuntimeError:
+        return False
+    return True
+
+
 class Cublas:
     """One cuBLAS handle with its own workspace (so a CUDA-graph capture never allocates)."""
 
@@ -194,14 +215,17 @@ class Cublas:
         self.handle = ctypes.c_void_p()
         self._check(lib.cublasCreate_v2(ctypes.byref(self.handle)), "cublasCreate")
         self._ws = DeviceBuffer(backend, self.WORKSPACE)
-        self._check(lib.cublasSetWorkspace_v2(self.handle, ctypes.c_void_p(self._ws.ptr),
-                                              ctypes.c_size_t(self.WORKSPACE)), "cublasSetWorkspace")
+        self._set_workspace()
         self._dgemm = lib.cublasDgemm_v2
         self._dgemm.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                                 ctypes.POINTER(ctypes.c_double), ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
                                 ctypes.c_int, ctypes.POINTER(ctypes.c_double), ctypes.c_void_p, ctypes.c_int]
         self._one, self._zero = ctypes.c_double(1.0), ctypes.c_double(0.0)
         self._stream = None
+
+    def _set_workspace(self) -> None:
+        self._check(self.lib.cublasSetWorkspace_v2(self.handle, ctypes.c_void_p(self._ws.ptr),
+                                                   ctypes.c_size_t(self.WORKSPACE)), "cublasSetWorkspace")
 
     def __del__(self) -> None:
         handle, self.handle = getattr(self, "handle", None), None
@@ -220,6 +244,7 @@ class Cublas:
         """C[m, n] = X[m, k] · W[k, n], all fp64 row-major: cuBLAS (column-major) computes Cᵀ = Wᵀ·Xᵀ."""
         if stream != self._stream:
             self._check(self.lib.cublasSetStream_v2(self.handle, ctypes.c_void_p(stream)), "cublasSetStream")
+            self._set_workspace()  # cublasSetStream resets the handle to cuBLAS's default workspace pool
             self._stream = stream
         self._check(self._dgemm(self.handle, 0, 0, n, m, k, ctypes.byref(self._one), ctypes.c_void_p(w), n,
                                 ctypes.c_void_p(x), k, ctypes.byref(self._zero), ctypes.c_void_p(c), n),

@@ -47,3 +47,22 @@ def gemm_model(alpha: float = 1.0, trans_a: int = 0, c_shape: tuple[int, ...] = 
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     return onnx.shape_inference.infer_shapes(m)
+
+
+def parallel_residual_model(rows: int = 80, d: int = 32, same_names: bool = False) -> onnx.ModelProto:
+    """Y = (X1·W1 + b1) + (X2·W2 + b2): two linear chains meeting in one Add (GPT-NeoX's parallel block).
+    ``same_names``: both MatMuls named "proj" (onnx.checker allows it; onnxruntime refuses such a model)."""
+    rng = np.random.default_rng(9)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32) * np.float32(0.2), name)
+             for name, s in (("W1", (d, d)), ("b1", (d,)), ("W2", (d, d)), ("b2", (d,)))]
+    nodes = [helper.make_node("MatMul", ["X1", "W1"], ["t1"], name="proj"),
+             helper.make_node("Add", ["t1", "b1"], ["v1"]),
+             helper.make_node("MatMul", ["X2", "W2"], ["t2"], name="proj" if same_names else "proj2"),
+             helper.make_node("Add", ["t2", "b2"], ["v2"]),
+             helper.make_node("Add", ["v1", "v2"], ["Y"])]
+    ins = [helper.make_tensor_value_info(x, TensorProto.FLOAT, [rows, d]) for x in ("X1", "X2")]
+    g = helper.make_graph(nodes, "parallel", ins, [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [rows, d])],
+                          inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return onnx.shape_inference.infer_shapes(m)

@@ -14,7 +14,7 @@ from fuser.kernels import linear
 from fuser.layout_views import value_dims
 from fuser.linear_steps import LINEAR_OP, MIN_ROWS, linear_op_type, plan_linear_steps
 from fuser.runtime import Session, node_inputs
-from tests.linear_models import gemm_model, mlp_model
+from tests.linear_models import gemm_model, mlp_model, parallel_residual_model
 
 
 def plan(m: onnx.ModelProto) -> list[onnx.NodeProto]:
@@ -195,3 +195,58 @@ def test_symbolic_rows_are_planned() -> None:
     nodes = plan(mlp_model(lead=("B", "S")))
     assert [n.op_type for n in nodes] == [LINEAR_OP] * 3
     assert linears(nodes)[1] == (["g4", "W2", "b2", "X"], "h4", "FusedLinearAdd")
+
+
+def evaluate(nodes: list[onnx.NodeProto], m: onnx.ModelProto, feeds: dict) -> dict:
+    """Run a plan made only of linear nodes with the family's reference, in dependency order (a linear node sits at
+    its MatMul's place, which may come before the node making its residual)."""
+    consts = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    vals, todo = dict(feeds), list(nodes)
+    while todo:
+        n = next(x for x in todo if all(not i or i in vals or i in consts for i in x.input))
+        todo.remove(n)
+        xi, w, b, r = (vals.get(i, consts.get(i)) if i else None for i in n.input)
+        w = w.T if flag(n, "trans_w") else w
+        vals[n.output[0]] = linear.reference(xi, w, b, r, linear_op_type(n).activation == "Gelu")
+    return vals
+
+
+def test_two_chains_meeting_in_one_add_take_it_once() -> None:
+    m = parallel_residual_model()
+    nodes = plan(m)
+    lin = linears(nodes)
+    assert [n.op_type for n in nodes] == [LINEAR_OP] * 2
+    # the first chain takes the Add (R = the second's value), the second writes that value
+    assert [(ins[3], out) for ins, out, _ in lin] == [("v2", "Y"), ("", "v2")]
+    # two MatMuls both named "proj": the steps' names (the runtime's runner keys) still differ
+    assert len({n.name for n in plan(parallel_residual_model(same_names=True))}) == 2
+    rng = np.random.default_rng(1)
+    feeds = {k: rng.standard_normal((80, 32)).astype(np.float32) for k in ("X1", "X2")}
+    want = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    assert np.abs(evaluate(nodes, m, feeds)["Y"] - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_residual_that_broadcasts_the_linear_value_stays_outside() -> None:
+    def edit(g):  # R [2, 80, 32] + v [80, 32]: Y and R agree, the linear's own value does not
+        g.input[1].CopyFrom(helper.make_tensor_value_info("X2", TensorProto.FLOAT, [2, 80, 32]))
+        g.node.remove(next(n for n in g.node if n.output[0] == "t2"))
+        g.node.remove(next(n for n in g.node if n.output[0] == "v2"))
+        next(n for n in g.node if n.output[0] == "Y").input[1] = "X2"
+        g.output[0].CopyFrom(helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2, 80, 32]))
+        del g.value_info[:]
+    m = onnx.shape_inference.infer_shapes(with_node_edit(parallel_residual_model(), edit))
+    assert linears(plan(m)) == [(["X1", "W1", "b1", ""], "v1", "FusedLinear")]
+
+
+def test_constants_that_would_raise_the_rank_are_not_taken() -> None:
+    def edit(g):  # b1 as [1, 1, 96] on a rank-3 X is fine; [1, 1, 1, 96] would make Y rank 4
+        b1 = next(t for t in g.initializer if t.name == "b1")
+        b1.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(b1).reshape(1, 1, 1, 96), "b1"))
+    lin = linears(plan(with_node_edit(mlp_model(), edit)))
+    assert lin[0] == (["X", "W1", "", ""], "h0", "FusedLinear")
+
+    def edit_gelu(g):  # a 2-D 0.5 raises nothing on rank 3, but the planner only takes scalars and 1-D constants
+        half = next(t for t in g.initializer if t.name == "half")
+        half.CopyFrom(numpy_helper.from_array(np.full((1, 1), 0.5, np.float32), "half"))
+    lin = linears(plan(with_node_edit(mlp_model(), edit_gelu)))
+    assert lin[0] == (["X", "W1", "b1", ""], "h1", "FusedLinear")
