@@ -462,11 +462,11 @@ class DeviceExecutor:
             extra["shapes"] = _Shapes(shapes, [_ORT_TYPES.get(v.data_type()) if v is not None else None for v in ins])
             extra["ftype"] = step.ftype
             key += tuple(extra["shapes"]) + tuple(sorted(extra.get("strides", {}).items()))
-        if step.ftype.base == "Linear":
-            extra["state"] = self._linear_state()
         runner = self._runners.get(key)
         inits = self.session.initializers
         if runner is None:
+            if step.ftype.base == "Linear":
+                extra["state"] = self._linear_state()
             consts = [None] + [self._const(n) if n in inits else None for n in step.node.input[1:]]
             runner = self._runners[key] = RUNNER_BUILDERS[step.ftype.base](
                 self.backend, shape, dtype, step.attrs, consts, **extra)

@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .fused import DOMAIN, FusedOpType
+from .fused import DOMAIN, FusedOpType, node_attrs
 
 LINEAR_OP = "FusedLinear"
 # Below this many rows (M = X's leading dims, where shape inference knows them) a GEMM is memory-bound on its
@@ -42,7 +42,7 @@ def linear_op_type(node: onnx.NodeProto) -> FusedOpType | None:
     """The step's op type, for a node this module made (else None)."""
     if node.domain != DOMAIN or node.op_type != LINEAR_OP:
         return None
-    a = {x.name: x.i for x in node.attribute}
+    a = node_attrs(node)
     return FusedOpType("Linear", "Gelu" if a.get("gelu") else "", bool(a.get("residual")))
 
 
@@ -133,7 +133,7 @@ def plan_linear_steps(nodes: list[onnx.NodeProto], inits: dict, outputs: set[str
         if n.op_type == "MatMul" and len(n.input) == 2:
             trans_w, bias = 0, ""
         elif n.op_type == "Gemm":
-            a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
+            a = node_attrs(n)
             trans_w, bias = int(a.get("transB", 0)), (n.input[2] if len(n.input) > 2 else "")
             if a.get("transA", 0) or float(a.get("alpha", 1.0)) != 1.0:
                 continue

@@ -198,16 +198,16 @@ class Session:
         self.input_names = [i.name for i in g.input if i.name not in self.initializers]
         self.output_names = [o.name for o in g.output]
         self.steps: list[KernelStep | IslandStep] = []
+        self.linear_steps = self._wants_fp64_linear(fp64_linear, allow_tf32)
         nodes, self.views = list(g.node), {}
+        dims = value_dims(model) if layout_views or self.linear_steps else {}
         if layout_views:
             nodes, self.views = _apply_views(nodes, self.initializers, set(self.output_names), self._is_attention,
-                                             value_dims(model))
-        self.linear_steps = self._wants_fp64_linear(fp64_linear, allow_tf32)
+                                             dims)
         if self.linear_steps:
             from .linear_steps import plan_linear_steps
 
-            nodes = plan_linear_steps(nodes, self.initializers, set(self.output_names), value_dims(model),
-                                      node_inputs)
+            nodes = plan_linear_steps(nodes, self.initializers, set(self.output_names), dims, node_inputs)
         groups = schedule(nodes, self._is_kernel)
         needed_later: list[set[str]] = [set() for _ in groups]
         acc = set(self.output_names)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import glob
 import os
 import re
@@ -165,6 +166,7 @@ def _ort_cuda_major() -> str | None:
         return None
 
 
+@functools.cache  # one search per process: Session start-up asks, then each session's handle loads it
 def _find_cublas() -> ctypes.CDLL:
     """The libcublas onnxruntime already loaded (same process, same copy), else one of the CUDA major onnxruntime
     was built for, else one on the loader path, else one from an ``nvidia-cublas`` wheel on sys.path."""
